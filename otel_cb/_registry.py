@@ -1,0 +1,85 @@
+"""`CircuitBreakerRegistry`: breakers by name, so one name always means one breaker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from ._breaker import CircuitBreaker
+from ._config import CircuitBreakerConfig
+
+__all__ = ["CircuitBreakerRegistry", "registry"]
+
+
+class CircuitBreakerRegistry:
+    """A thread-safe mapping of names to breakers.
+
+    Args:
+        clock: Clock handed to every breaker this registry creates (None:
+            ``time.monotonic``).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def get_or_create(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
+        """Return the breaker called ``name``, creating it with ``config`` if new.
+
+        Raises:
+            ValueError: if the breaker exists with a different config than the
+                one given: one name never silently means two settings.
+        """
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                breaker = CircuitBreaker(name, config, clock=self._clock)
+                self._breakers[name] = breaker
+            elif config is not None and config != breaker.config:
+                raise ValueError(
+                    f"name: circuit breaker {name!r} already exists with a different config; "
+                    "remove() it first or pass config=None to share it"
+                )
+            return breaker
+
+    def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
+        """Register a breaker made by hand.
+
+        Raises:
+            ValueError: if another breaker already has its name.
+        """
+        with self._lock:
+            existing = self._breakers.get(breaker.name)
+            if existing is not None and existing is not breaker:
+                raise ValueError(f"name: a circuit breaker called {breaker.name!r} is already registered")
+            self._breakers[breaker.name] = breaker
+            return breaker
+
+    def get(self, name: str) -> CircuitBreaker | None:
+        """Return the breaker called ``name``, or None."""
+        return self._breakers.get(name)
+
+    def remove(self, name: str) -> CircuitBreaker | None:
+        """Forget the breaker called ``name`` and return it (None if unknown)."""
+        with self._lock:
+            return self._breakers.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every breaker (for tests and ``uninstrument()``)."""
+        with self._lock:
+            self._breakers.clear()
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        with self._lock:
+            return iter(list(self._breakers.values()))
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+
+registry = CircuitBreakerRegistry()
+"""The process-wide registry that the instrumentation and plugins use."""
