@@ -1,29 +1,40 @@
 """`CircuitBreaker`: the state machine, its call paths and its permits.
 
 The breaker is I/O-free: all time comes from the injected clock, and every
-call out to code it does not own (listeners, observers) goes through
-``_observers``. One non-reentrant lock guards the state; it is never held while
-the protected call runs, and never while listeners run.
+call out to code it does not own (listeners, observers, predicates, shared
+state) goes through ``_observers.call_safely``. One non-reentrant lock guards
+the state; it is never held while the protected call runs, and never while
+listeners run.
 
 Each transition bumps an epoch. A call carries the epoch it was admitted in,
 and its outcome moves the state machine only if the epoch is still current:
 a slow call admitted while closed cannot, say, close a breaker that has since
-opened and gone half-open.
+opened and gone half-open. Such a stale outcome still counts in the
+statistics (``snapshot().calls``).
+
+The closed-state success is the hot path: one lock round trip, no allocation,
+and the rate rules re-checked only when the window just reached
+``minimum_calls`` or aged (the only ways a success can raise a rate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
+import itertools
+import math
+import operator
 import random
 import threading
 import time
+from bisect import bisect_left as _bisect_left
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from . import _observers
 from ._config import CircuitBreakerConfig
@@ -46,13 +57,32 @@ _DISABLED = CircuitState.DISABLED
 _STATE_INDEX = {state: index for index, state in enumerate(CircuitState)}
 _DEFAULT_CONFIG = CircuitBreakerConfig()
 _DISABLED_EPOCH = -1  # calls admitted while disabled record nothing
+_UNDECIDED = object()  # a predicate that raised: fall back to the rule it replaces
+_ELSEWHERE = object()  # not the hot path's case: the full rules decide
+
+
+def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    return fn(*args, **kwargs)
+
+
+# Calls its first argument with the rest; in C from Python 3.11.
+_invoke: Callable[..., Any] = getattr(operator, "call", _call)
+
+
+class _Caller(Protocol):
+    def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+class _AsyncCaller(Protocol):
+    def __call__(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Awaitable[T]: ...
 
 
 class SharedStateSync(Protocol):
     """What a shared-state backend (``otel_cb.shared``) plugs into a breaker.
 
-    The breaker calls these; none may block for long or raise (the backend
-    contains its own faults and falls back to local state).
+    The breaker calls these; none may block for long. ``acquire_probe`` and
+    ``release_probe`` are called with the breaker's lock held. A method that
+    raises anyway is logged once and the breaker goes on with local state.
     """
 
     def on_outcome(self, failed: bool, slow: bool) -> None:
@@ -77,7 +107,7 @@ class BreakerSnapshot:
         state: Its current state.
         failure_rate: Failed share of the calls in the window (0.0 when empty).
         slow_call_rate: Slow share of the calls in the window (0.0 when empty).
-        buffered_calls: Calls the window holds now.
+        buffered_calls: Calls the window holds now (closed state; 0 otherwise).
         consecutive_failures: Failures since the last success (closed state).
         half_open_calls: Probes in flight (half-open state).
         retry_after: Seconds until a probe is admitted while open, else None.
@@ -120,12 +150,13 @@ class CircuitBreaker:
     """
 
     __slots__ = (
-        "name", "config", "_clock", "_lock", "_state", "_epoch", "_window",
+        "name", "_config", "_clock", "_lock", "_state", "_epoch", "_window",
         "_consecutive_failures", "_consecutive_successes", "_probes", "_open_until",
         "_open_timeout", "_reopenings", "_since", "_state_time", "_listeners",
-        "_slow", "_n_success", "_n_failure", "_n_ignored", "_n_rejected",
+        "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at", "_failed_result",
+        "_n_success", "_n_failure", "_n_ignored", "_rejections",
         "_n_slow_success", "_n_slow_failure", "_n_fallback_success", "_n_fallback_failure",
-        "_histogram", "_stack", "_shared", "__weakref__",
+        "_histogram", "_stack", "_shared", "_orphans", "_caller", "_caller_async", "__weakref__",
     )
 
     def __init__(self, name: str, config: CircuitBreakerConfig | None = None, *, clock: Clock | None = None) -> None:
@@ -135,8 +166,9 @@ class CircuitBreaker:
             raise ValueError(f"config: {config!r} is not allowed; use a CircuitBreakerConfig or None")
         if clock is not None and not callable(clock):
             raise ValueError(f"clock: {clock!r} is not allowed; use a zero-argument callable returning seconds")
+        config = config if config is not None else _DEFAULT_CONFIG
         self.name = name
-        self.config = config if config is not None else _DEFAULT_CONFIG
+        self._config = config
         self._clock: Clock = clock if clock is not None else time.monotonic
         self._lock = threading.Lock()
         self._state = _CLOSED
@@ -151,18 +183,42 @@ class CircuitBreaker:
         self._since = self._clock()
         self._state_time: list[float] | None = None
         self._listeners: tuple[Callable[[StateChangeEvent], Any], ...] = ()
-        self._slow = self.config.slow_call_duration
-        self._n_success = self._n_failure = self._n_ignored = self._n_rejected = 0
+        # The rules, flattened once so the call path reads one attribute each;
+        # a rule that is off gets a bound no value reaches.
+        self._slow_at = config.slow_call_duration if config.slow_call_duration is not None else math.inf
+        minimum = config.minimum_calls
+        if config.window_type == "count":
+            # A count window never holds more than window_size calls (as in resilience4j).
+            minimum = min(minimum, int(config.window_size))
+        self._min_calls = minimum
+        self._failure_rate_at = config.failure_rate_threshold if config.failure_rate_threshold is not None else math.inf
+        self._slow_rate_at = config.slow_call_rate_threshold if config.slow_call_duration is not None else math.inf
+        self._failed_result = config.is_failure_result
+        self._n_success = self._n_failure = self._n_ignored = 0
+        # Rejections are counted without the lock: next() on a count is one
+        # atomic step for the interpreter.
+        self._rejections = itertools.count()
         self._n_slow_success = self._n_slow_failure = 0
         self._n_fallback_success = self._n_fallback_failure = 0
         self._histogram: DurationHistogram | None = None
         self._stack: contextvars.ContextVar[tuple[Permit, ...]] | None = None
         self._shared: SharedStateSync | None = None
+        # Epochs of probe permits dropped unreported, handed back at the next
+        # admission: a finaliser may run while this thread holds the lock.
+        self._orphans: list[int] = []
+        self._caller: _Caller | None = None
+        self._caller_async: _AsyncCaller | None = None
+        _observers.live_breakers.add(self)
         if _observers.observers:
             _observers.notify("breaker_created", self)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value}>"
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's settings (read-only: the call path caches them)."""
+        return self._config
 
     # -- state ----------------------------------------------------------------
 
@@ -220,28 +276,30 @@ class CircuitBreaker:
     def snapshot(self) -> BreakerSnapshot:
         """Return state, window rates, counters and time in state, read under the lock."""
         with self._lock:
+            if self._orphans:
+                self._adopt_orphans()
             now = self._clock()
-            window = self._window
+            state = self._state
             total = failures = slow = 0
-            if window is not None and self._state is _CLOSED:
-                window.expire(now)
-                total, failures, slow = window.total, window.failures, window.slow
-            time_in_state = {state: (self._state_time[index] if self._state_time else 0.0)
-                             for state, index in _STATE_INDEX.items()}
-            time_in_state[self._state] += max(0.0, now - self._since)
-            retry_after = max(0.0, self._open_until - now) if self._state is _OPEN else None
+            if self._window is not None and state is _CLOSED:
+                # Read without aging the window: aging is the record path's
+                # job, which re-checks the rate rules when it happens.
+                total, failures, slow = self._window.counts(now)
+            time_in_state = {s: (self._state_time[index] if self._state_time else 0.0)
+                             for s, index in _STATE_INDEX.items()}
+            time_in_state[state] += max(0.0, now - self._since)
             return BreakerSnapshot(
                 name=self.name,
-                state=self._state,
+                state=state,
                 failure_rate=failures / total if total else 0.0,
                 slow_call_rate=slow / total if total else 0.0,
                 buffered_calls=total,
-                consecutive_failures=self._consecutive_failures,
-                half_open_calls=self._probes if self._state is _HALF_OPEN else 0,
-                retry_after=retry_after,
+                consecutive_failures=self._consecutive_failures if state is _CLOSED else 0,
+                half_open_calls=self._probes if state is _HALF_OPEN else 0,
+                retry_after=max(0.0, self._open_until - now) if state is _OPEN else None,
                 time_in_state=time_in_state,
                 calls={"success": self._n_success, "failure": self._n_failure,
-                       "ignored": self._n_ignored, "rejected": self._n_rejected},
+                       "ignored": self._n_ignored, "rejected": _count_of(self._rejections)},
                 slow_calls={"success": self._n_slow_success, "failure": self._n_slow_failure},
                 fallbacks={"success": self._n_fallback_success, "failure": self._n_fallback_failure},
                 durations=self._histogram.data() if self._histogram is not None else {},
@@ -259,49 +317,85 @@ class CircuitBreaker:
             CircuitOpenError: when the call is rejected; ``fn`` is not called.
             Exception: whatever ``fn`` raised, unchanged.
         """
-        epoch = self._epoch
-        if self._state is not _CLOSED:
-            epoch = self._admit()
-        clock = self._clock
-        start = clock()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self._record_exception(epoch, start, clock(), exc)
-            raise
-        self._record_result(epoch, start, clock(), result)
-        return result
+        caller = self._caller or self._make_callers()[0]
+        return caller(fn, *args, **kwargs)
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` if the breaker admits it.
 
         With ``call_timeout`` set, a call running longer is cancelled and
-        raises ``TimeoutError``, counted as a failure.
+        raises ``TimeoutError`` (``asyncio.TimeoutError`` before Python 3.11),
+        counted as a failure whatever the exception rules say.
 
         Raises:
             CircuitOpenError: when the call is rejected; ``fn`` is not called.
             Exception: whatever ``fn`` raised, unchanged.
         """
-        epoch = self._epoch
-        if self._state is not _CLOSED:
-            epoch = self._admit()
+        caller = self._caller_async or self._make_callers()[1]
+        return await caller(fn, *args, **kwargs)
+
+    # The two guards are the whole call path of ``call``/``call_async`` and of
+    # ``@breaker``. A decorator builds its guard once, so a decorated call is one
+    # frame over ``fn``; what never changes after construction (the clock, the
+    # config) is captured instead of looked up on every call, and the methods
+    # they need are reached as module-level functions.
+
+    def _make_callers(self) -> tuple[_Caller, _AsyncCaller]:
+        # Guards of ``_invoke`` take the function as first argument. Made on
+        # first use: an idle breaker does not pay for them. (They refer back to
+        # the breaker, so a breaker that made them is freed by the cycle
+        # collector rather than by reference counting.)
+        callers = cast(_Caller, self._guard(_invoke)), cast(_AsyncCaller, self._guard_async(_invoke))
+        self._caller, self._caller_async = callers
+        return callers
+
+    def _guard(self, fn: Callable[..., T]) -> Callable[..., T]:
+        breaker = self
         clock = self._clock
-        timeout = self.config.call_timeout
-        start = clock()
-        try:
-            if timeout is None:
-                result = await fn(*args, **kwargs)
-            else:
-                result = await asyncio.wait_for(fn(*args, **kwargs), timeout)
-        except BaseException as exc:
-            end = clock()
-            if timeout is not None and isinstance(exc, asyncio.TimeoutError) and end - start >= timeout:
-                self._record_failure(epoch, start, end)
-            else:
-                self._record_exception(epoch, start, end, exc)
-            raise
-        self._record_result(epoch, start, clock(), result)
-        return result
+        record = _record_success if self._failed_result is None else _record_result
+
+        def guarded(*args: Any, **kwargs: Any) -> T:
+            epoch = breaker._epoch
+            if breaker._state is not _CLOSED:
+                admitted = _try_admit(breaker)
+                if isinstance(admitted, CircuitOpenError):
+                    raise admitted
+                epoch = admitted
+            start = clock()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                _record_exception(breaker, epoch, start, clock(), exc)
+                raise
+            record(breaker, epoch, start, clock(), result)
+            return result
+        return guarded
+
+    def _guard_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        breaker = self
+        clock = self._clock
+        record = _record_success if self._failed_result is None else _record_result
+        timeout = self._config.call_timeout
+
+        async def guarded(*args: Any, **kwargs: Any) -> T:
+            epoch = breaker._epoch
+            if breaker._state is not _CLOSED:
+                admitted = _try_admit(breaker)
+                if isinstance(admitted, CircuitOpenError):
+                    raise admitted
+                epoch = admitted
+            start = clock()
+            try:
+                if timeout is None:
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            except BaseException as exc:
+                _record_exception(breaker, epoch, start, clock(), exc)
+                raise
+            record(breaker, epoch, start, clock(), result)
+            return result
+        return guarded
 
     def call_with_fallback(
         self, fn: Callable[..., T], fallback: Callable[[BaseException], T], /, *args: Any, **kwargs: Any
@@ -309,17 +403,21 @@ class CircuitBreaker:
         """Like ``call``, but a rejection or a failure returns ``fallback(exc)`` instead.
 
         Ignored exceptions (see ``ignore_exceptions`` and ``is_failure``)
-        propagate: they say the request was wrong, not the dependency.
+        propagate: they say the request was wrong, not the dependency. A
+        returned value is returned even when ``is_failure_result`` counts it
+        as a failure.
         """
         try:
             permit = self.acquire()
         except CircuitOpenError as exc:
-            return self._serve_fallback(fallback, exc)
+            with self._counting_fallback():
+                return fallback(exc)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             if permit.record_exception(exc) == "failure":
-                return self._serve_fallback(fallback, exc)
+                with self._counting_fallback():
+                    return fallback(exc)
             raise
         permit.record_result(result)
         return result
@@ -329,35 +427,39 @@ class CircuitBreaker:
         /, *args: Any, **kwargs: Any,
     ) -> T:
         """Async ``call_with_fallback``; ``fallback`` may be a plain or an async function."""
+        error: BaseException
         try:
-            return await self.call_async(fn, *args, **kwargs)
+            permit = self.acquire()
         except CircuitOpenError as exc:
-            error: BaseException = exc
-        except Exception as exc:
-            if self.classify(exc) != "failure" and not self._timed_out(exc):
-                raise
             error = exc
-        try:
+        else:
+            try:
+                result = await self._with_timeout(fn(*args, **kwargs))
+            except BaseException as exc:
+                if permit.record_exception(exc) != "failure":
+                    raise
+                error = exc
+            else:
+                permit.record_result(result)
+                return result
+        with self._counting_fallback():
             value = fallback(error)
             if inspect.isawaitable(value):
                 value = await value
-        except BaseException:
-            self._count_fallback(False)
-            raise
-        self._count_fallback(True)
-        return value
+            return value
 
-    def _timed_out(self, exc: BaseException) -> bool:
-        return self.config.call_timeout is not None and isinstance(exc, asyncio.TimeoutError)
+    def _with_timeout(self, awaitable: Awaitable[T]) -> Awaitable[T]:
+        timeout = self._config.call_timeout
+        return awaitable if timeout is None else asyncio.wait_for(awaitable, timeout)
 
-    def _serve_fallback(self, fallback: Callable[[BaseException], T], error: BaseException) -> T:
+    @contextlib.contextmanager
+    def _counting_fallback(self) -> Iterator[None]:
         try:
-            value = fallback(error)
-        except BaseException:
+            yield
+        except Exception:
             self._count_fallback(False)
             raise
         self._count_fallback(True)
-        return value
 
     def _count_fallback(self, succeeded: bool) -> None:
         """Count one fallback served (or failed); integrations call this too."""
@@ -379,7 +481,7 @@ class CircuitBreaker:
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             def stream_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                return self.protect_stream(fn(*args, **kwargs))
+                return _ProtectedAsyncIterator(self, fn(*args, **kwargs))
             return stream_wrapper
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
@@ -387,15 +489,8 @@ class CircuitBreaker:
                 return _ProtectedIterator(self, fn(*args, **kwargs))
             return sync_stream_wrapper
         if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(fn, *args, **kwargs)
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-        return wrapper
+            return functools.wraps(fn)(self._guard_async(fn))
+        return functools.wraps(fn)(self._guard(fn))
 
     def protect_stream(self, stream: AsyncIterable[T]) -> AsyncIterator[T]:
         """Protect an async stream as one call.
@@ -409,16 +504,27 @@ class CircuitBreaker:
         return _ProtectedAsyncIterator(self, stream)
 
     def __enter__(self) -> CircuitBreaker:
-        self._push(self.acquire())
+        permit = self.acquire()
+        # Permits of nested or concurrent `with` blocks live in a context
+        # variable, so threads and asyncio tasks never see each other's.
+        stack = self._stack
+        if stack is None:
+            with self._lock:
+                if self._stack is None:
+                    self._stack = contextvars.ContextVar(f"otel_cb.{self.name}.permits", default=())
+                stack = self._stack
+        stack.set((*stack.get(), permit))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        permit = self._pop()
+        assert self._stack is not None, "__exit__ without __enter__"
+        permits = self._stack.get()
+        self._stack.set(permits[:-1])
         if exc is None:
-            permit.record_success()
+            permits[-1].record_success()
         else:
-            permit.record_exception(exc)
+            permits[-1].record_exception(exc)
 
     async def __aenter__(self) -> CircuitBreaker:
         return self.__enter__()
@@ -426,21 +532,6 @@ class CircuitBreaker:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self.__exit__(exc_type, exc, tb)
-
-    def _push(self, permit: Permit) -> None:
-        # Permits of nested or concurrent `with` blocks live in a context
-        # variable, so threads and asyncio tasks never see each other's.
-        if self._stack is None:
-            with self._lock:
-                if self._stack is None:
-                    self._stack = contextvars.ContextVar(f"otel_cb.{self.name}.permits", default=())
-        self._stack.set((*self._stack.get(), permit))
-
-    def _pop(self) -> Permit:
-        assert self._stack is not None
-        stack = self._stack.get()
-        self._stack.set(stack[:-1])
-        return stack[-1]
 
     # -- permits: the primitive every integration builds on ------------------
 
@@ -463,142 +554,213 @@ class CircuitBreaker:
 
         ``none`` (no verdict) is for what is not an ``Exception`` at all:
         cancellation, ``GeneratorExit``, ``KeyboardInterrupt``, ``SystemExit``.
+        An ``is_failure`` predicate that raises is logged once and the
+        ``record_exceptions`` rule decides instead.
         """
         if not isinstance(exc, Exception):
             return "none"
-        config = self.config
+        config = self._config
         if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
             return "ignored"
         if config.is_failure is not None:
-            return "failure" if config.is_failure(exc) else "ignored"
+            decided = _observers.call_safely(
+                config.is_failure, f"is_failure of circuit breaker {self.name!r}", exc, default=_UNDECIDED)
+            if decided is not _UNDECIDED:
+                return "failure" if decided else "ignored"
         return "failure" if isinstance(exc, config.record_exceptions) else "ignored"
 
     # -- the state machine ----------------------------------------------------
 
     def _admit(self) -> int:
-        """Admission when not closed: lazy open -> half-open, probe slots, rejection."""
-        event = None
-        rejection = None
-        with self._lock:
-            state = self._state
-            if state is _CLOSED:
-                return self._epoch
-            if state is _DISABLED:
-                return _DISABLED_EPOCH
+        """Admit one call when not closed and return its epoch.
+
+        Raises:
+            CircuitOpenError: when the call is rejected.
+        """
+        admitted = self._try_admit()
+        if isinstance(admitted, CircuitOpenError):
+            raise admitted
+        return admitted
+
+    def _try_admit(self) -> int | CircuitOpenError:
+        """Admission when not closed: lazy open -> half-open, probe slots, rejection.
+
+        Returns the call's epoch, or the rejection for the caller to raise (one
+        frame fewer for the traceback: rejecting is the hot path while open).
+        """
+        if self._state is _OPEN:
+            # Rejecting while open takes no lock: ``_open`` sets the deadline
+            # before the state, so a reader that sees OPEN sees its deadline.
             now = self._clock()
-            if state is _OPEN and now >= self._open_until:
-                event = self._transition(_HALF_OPEN, Reason.OPEN_TIMEOUT_ELAPSED, now)
-                state = _HALF_OPEN
+            open_until = self._open_until
+            if now < open_until:
+                refused = CircuitOpenError(self.name, _OPEN, open_until - now)
+                next(self._rejections)  # _reject, inlined
+                if _observers.observers:
+                    _observers.notify("call_rejected", self, refused)
+                return refused
+        event = None
+        rejection: CircuitOpenError | None = None
+        lock = self._lock
+        lock.acquire()
+        try:
+            state = self._state
+            if state is _OPEN:  # seen past its deadline above, or opened since
+                now = self._clock()
+                if now < self._open_until:
+                    rejection = CircuitOpenError(self.name, state, self._open_until - now)
+                else:
+                    event = self._transition(_HALF_OPEN, Reason.OPEN_TIMEOUT_ELAPSED, now)
+                    state = _HALF_OPEN
             if state is _HALF_OPEN:
-                if self._probes < self.config.half_open_max_calls and (
-                    self._shared is None or self._shared.acquire_probe()
+                if self._orphans:
+                    self._adopt_orphans()
+                shared = self._shared
+                if self._probes < self._config.half_open_max_calls and (
+                    shared is None
+                    or _observers.call_safely(shared.acquire_probe, "shared state", default=True)
                 ):
                     self._probes += 1
                     epoch = self._epoch
                 else:
                     rejection = CircuitOpenError(self.name, state, 0.0)
-            elif state is _OPEN:
-                rejection = CircuitOpenError(self.name, state, self._open_until - now)
-            else:
+            elif state is _FORCED_OPEN:
                 rejection = CircuitOpenError(self.name, state, None)
-            if rejection is not None:
-                self._n_rejected += 1
+            elif state is _CLOSED:
+                epoch = self._epoch
+            elif state is _DISABLED:
+                epoch = _DISABLED_EPOCH
+        finally:
+            lock.release()
         if event is not None:
             self._emit(event)
         if rejection is not None:
-            if _observers.observers:
-                _observers.notify("call_rejected", self, rejection)
-            raise rejection
+            return self._reject(rejection)
         return epoch
 
+    def _reject(self, rejection: CircuitOpenError) -> CircuitOpenError:
+        next(self._rejections)
+        if _observers.observers:
+            _observers.notify("call_rejected", self, rejection)
+        return rejection
+
     def _record_result(self, epoch: int, start: float, end: float, result: object) -> None:
-        predicate = self.config.is_failure_result
-        if predicate is not None and predicate(result):
-            self._record_failure(epoch, start, end)
+        """A call returned: a success, unless ``is_failure_result`` says otherwise.
+        A raising predicate is logged once and the call counts as a success."""
+        if self._failed_result is not None and _observers.call_safely(
+            self._failed_result, f"is_failure_result of circuit breaker {self.name!r}", result, default=False
+        ):
+            self._record(epoch, start, end, True)
         else:
             self._record_success(epoch, start, end)
 
+    def _record_success(self, epoch: int, start: float, end: float, result: object = None) -> None:
+        """The hot path: a fast success in the closed state; anything else goes to ``_record``.
+        ``result`` is unused: this is ``_record_result`` when there is no ``is_failure_result``."""
+        duration = end - start
+        lock = self._lock
+        lock.acquire()
+        try:
+            if epoch != self._epoch or self._state is not _CLOSED or duration >= self._slow_at:
+                event: StateChangeEvent | object | None = _ELSEWHERE
+            else:
+                event = None
+                self._n_success += 1
+                self._consecutive_failures = 0
+                histogram = self._histogram
+                if histogram is not None:  # DurationHistogram.record, inlined
+                    histogram.counts[0][_bisect_left(histogram.boundaries, duration)] += 1
+                    histogram.sums[0] += duration
+                window = self._window
+                if window is not None and end < window.head_end:
+                    # Same bucket as the last call: nothing ages, so only
+                    # reaching minimum_calls can make a rate rule fire.
+                    window.head_calls[window.head_slot] += 1
+                    total = window.total = window.total + 1
+                    if total == self._min_calls:
+                        event = self._check_rates(window, end, None)
+                else:
+                    window = window or self._new_window()
+                    if window.add_success(end) or window.total == self._min_calls:
+                        event = self._check_rates(window, end, None)
+        finally:
+            lock.release()
+        if event is None:
+            if self._shared is not None:
+                _observers.call_safely(self._shared.on_outcome, "shared state", False, False)
+        elif event is _ELSEWHERE:
+            self._record(epoch, start, end, False)
+        else:
+            self._emit(event)  # type: ignore[arg-type]
+
     def _record_exception(self, epoch: int, start: float, end: float, exc: BaseException) -> Verdict:
-        verdict = self.classify(exc)
+        if self._config.call_timeout is not None and _is_call_timeout(exc):
+            verdict: Verdict = "failure"  # ours: a failure whatever the exception rules say
+        else:
+            verdict = self.classify(exc)
         if verdict == "failure":
-            self._record_failure(epoch, start, end)
+            self._record(epoch, start, end, True)
         elif verdict == "ignored":
             self._record_ignored(epoch, start, end)
         else:
             self._release(epoch)
         return verdict
 
-    def _record_success(self, epoch: int, start: float, end: float) -> None:
+    def _record(self, epoch: int, start: float, end: float, failed: bool, retry_after: float | None = None) -> None:
+        """Record a success or a failure in any state: the full rules."""
         if epoch == _DISABLED_EPOCH:
             return
         duration = end - start
-        slow = self._slow is not None and duration >= self._slow
+        slow = duration >= self._slow_at
         event = None
+        closed = False
         with self._lock:
-            self._n_success += 1
-            if slow:
-                self._n_slow_success += 1
+            if failed:
+                self._n_failure += 1
+                self._n_slow_failure += slow
+            else:
+                self._n_success += 1
+                self._n_slow_success += slow
             if self._histogram is not None:
-                self._histogram.record(0, duration)
-            if epoch != self._epoch:
-                return
-            if self._state is _CLOSED:
-                self._consecutive_failures = 0
-                window = self._window or self._new_window()
-                window.record(end, False, slow)
-                if slow and window.total >= self.config.minimum_calls and \
-                        window.slow / window.total >= self.config.slow_call_rate_threshold:
-                    event = self._open(Reason.SLOW_CALL_RATE, end)
-            elif self._state is _HALF_OPEN:
-                self._end_probe()
-                if slow:
-                    event = self._open(Reason.PROBE_FAILURE, end)
-                else:
-                    self._consecutive_successes += 1
-                    if self._consecutive_successes >= self.config.success_threshold:
-                        event = self._transition(_CLOSED, Reason.PROBE_SUCCESS, end)
-        if self._shared is not None and event is None:
-            self._shared.on_outcome(False, slow)
+                self._histogram.record(1 if failed else 0, duration)
+            if epoch == self._epoch:
+                if self._state is _CLOSED:
+                    closed = True
+                    window = self._window or self._new_window()
+                    window.record(end, failed, slow)
+                    if failed:
+                        self._consecutive_failures += 1
+                        threshold = self._config.failure_threshold
+                        if threshold is not None and self._consecutive_failures >= threshold:
+                            event = self._open(Reason.CONSECUTIVE_FAILURES, end, retry_after)
+                    else:
+                        self._consecutive_failures = 0
+                    if event is None:
+                        event = self._check_rates(window, end, retry_after)
+                elif self._state is _HALF_OPEN:
+                    self._end_probe()
+                    if failed or slow:
+                        # A slow probe says the dependency is not back yet.
+                        event = self._open(Reason.PROBE_FAILURE, end, retry_after)
+                    else:
+                        self._consecutive_successes += 1
+                        if self._consecutive_successes >= self._config.success_threshold:
+                            event = self._transition(_CLOSED, Reason.PROBE_SUCCESS, end)
         if event is not None:
             self._emit(event)
+        elif closed and self._shared is not None:
+            _observers.call_safely(self._shared.on_outcome, "shared state", failed, slow)
 
-    def _record_failure(self, epoch: int, start: float, end: float, retry_after: float | None = None) -> None:
-        if epoch == _DISABLED_EPOCH:
-            return
-        duration = end - start
-        slow = self._slow is not None and duration >= self._slow
-        event = None
-        with self._lock:
-            self._n_failure += 1
-            if slow:
-                self._n_slow_failure += 1
-            if self._histogram is not None:
-                self._histogram.record(1, duration)
-            if epoch != self._epoch:
-                return
-            config = self.config
-            if self._state is _CLOSED:
-                self._consecutive_failures += 1
-                window = self._window or self._new_window()
-                window.record(end, True, slow)
-                reason = None
-                if config.failure_threshold is not None and self._consecutive_failures >= config.failure_threshold:
-                    reason = Reason.CONSECUTIVE_FAILURES
-                elif window.total >= config.minimum_calls:
-                    if config.failure_rate_threshold is not None and \
-                            window.failures / window.total >= config.failure_rate_threshold:
-                        reason = Reason.FAILURE_RATE
-                    elif slow and window.slow / window.total >= config.slow_call_rate_threshold:
-                        reason = Reason.SLOW_CALL_RATE
-                if reason is not None:
-                    event = self._open(reason, end, retry_after)
-            elif self._state is _HALF_OPEN:
-                self._end_probe()
-                event = self._open(Reason.PROBE_FAILURE, end, retry_after)
-        if self._shared is not None and event is None:
-            self._shared.on_outcome(True, slow)
-        if event is not None:
-            self._emit(event)
+    def _check_rates(self, window: Window, now: float, retry_after: float | None) -> StateChangeEvent | None:
+        """Open if a rate rule fires on the window as it stands. Lock held."""
+        total = window.total
+        if total < self._min_calls:
+            return None
+        if window.failures / total >= self._failure_rate_at:
+            return self._open(Reason.FAILURE_RATE, now, retry_after)
+        if window.slow / total >= self._slow_rate_at:
+            return self._open(Reason.SLOW_CALL_RATE, now, retry_after)
+        return None
 
     def _record_ignored(self, epoch: int, start: float, end: float) -> None:
         if epoch == _DISABLED_EPOCH:
@@ -615,13 +777,20 @@ class CircuitBreaker:
             if epoch == self._epoch and self._state is _HALF_OPEN:
                 self._end_probe()
 
+    def _adopt_orphans(self) -> None:
+        """Hand back the probe slots of permits dropped unreported. Lock held."""
+        orphans = self._orphans
+        while orphans:
+            if orphans.pop() == self._epoch and self._state is _HALF_OPEN:
+                self._end_probe()
+
     def _end_probe(self) -> None:
         self._probes -= 1
         if self._shared is not None:
-            self._shared.release_probe()
+            _observers.call_safely(self._shared.release_probe, "shared state")
 
     def _new_window(self) -> Window:
-        config = self.config
+        config = self._config
         window: Window
         if config.window_type == "count":
             window = CountWindow(int(config.window_size))
@@ -632,12 +801,16 @@ class CircuitBreaker:
 
     def _open(self, reason: Reason, now: float, retry_after: float | None = None) -> StateChangeEvent:
         """Open (or reopen) with backoff, jitter and a server's Retry-After hint. Lock held."""
-        config = self.config
+        config = self._config
         if self._state is _HALF_OPEN:
             self._reopenings += 1
         else:
             self._reopenings = 0
-        timeout = min(config.open_timeout * config.backoff_multiplier ** self._reopenings, config.max_open_timeout)
+        try:
+            timeout = config.open_timeout * config.backoff_multiplier ** self._reopenings
+        except OverflowError:  # a dependency down for a thousand reopenings
+            timeout = config.max_open_timeout
+        timeout = min(timeout, config.max_open_timeout)
         if retry_after is not None and retry_after > timeout:
             timeout = min(retry_after, config.max_open_timeout)
         if config.jitter:
@@ -658,6 +831,7 @@ class CircuitBreaker:
         self._epoch += 1
         self._probes = 0
         self._consecutive_successes = 0
+        self._orphans.clear()  # every orphan belongs to an earlier epoch now
         if state is _CLOSED:
             self._consecutive_failures = 0
             self._reopenings = 0
@@ -680,7 +854,7 @@ class CircuitBreaker:
                 return
             now = self._clock()
             if state is _OPEN:
-                remaining = open_remaining if open_remaining is not None else self.config.open_timeout
+                remaining = open_remaining if open_remaining is not None else self._config.open_timeout
                 self._open_until = now + remaining
                 self._open_timeout = remaining
                 event = self._transition(_OPEN, Reason.SHARED_STATE, now, remaining)
@@ -693,6 +867,23 @@ class CircuitBreaker:
         with self._lock:
             if self._histogram is None:
                 self._histogram = DurationHistogram()
+
+
+# The guards call these as plain functions: cheaper to reach than bound methods.
+_try_admit = CircuitBreaker._try_admit
+_record_success = CircuitBreaker._record_success
+_record_result = CircuitBreaker._record_result
+_record_exception = CircuitBreaker._record_exception
+
+
+def _count_of(counter: itertools.count[int]) -> int:
+    """The next value of ``counter``, without taking it (its repr is ``count(N)``)."""
+    return int(repr(counter)[6:-1])
+
+
+def _is_call_timeout(exc: BaseException) -> bool:
+    """True for the TimeoutError that ``asyncio.wait_for`` raises when our ``call_timeout`` expires."""
+    return isinstance(exc, asyncio.TimeoutError) and isinstance(exc.__cause__, asyncio.CancelledError)
 
 
 class Permit:
@@ -730,7 +921,7 @@ class Permit:
         """The call failed. ``retry_after``: the server's hint, in seconds, which
         lengthens the open timeout if this failure opens the breaker."""
         if self._claim():
-            self.breaker._record_failure(self._epoch, self._start, self.breaker._clock(), retry_after)
+            self.breaker._record(self._epoch, self._start, self.breaker._clock(), True, retry_after)
 
     def record_ignored(self) -> None:
         """The call ended in a way that says nothing about the dependency."""
@@ -755,14 +946,17 @@ class Permit:
 
     def __del__(self) -> None:
         # A permit dropped without a report must not keep a probe slot forever.
+        # A finaliser can run inside any allocation, even one made while this
+        # thread holds the breaker's lock, so it only leaves a note (an atomic
+        # append) that the next admission acts on.
         if not self._done:
-            try:
-                self.release()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+            self._done = True
+            breaker = self.breaker
+            if self._epoch == breaker._epoch and breaker._state is _HALF_OPEN:
+                breaker._orphans.append(self._epoch)
 
 
-class _StreamGuard(Generic[T]):
+class _StreamGuard:
     """What a protected stream, sync or async, does around each item."""
 
     __slots__ = ("_breaker", "_permit")
@@ -788,10 +982,12 @@ class _StreamGuard(Generic[T]):
 
 
 class _ProtectedAsyncIterator(AsyncIterator[T]):
+    # No __del__: a consumer that drops the stream drops the permit, whose
+    # own finaliser hands a probe slot back.
     __slots__ = ("_guard", "_source", "_iterator")
 
     def __init__(self, breaker: CircuitBreaker, source: AsyncIterable[T]) -> None:
-        self._guard: _StreamGuard[T] = _StreamGuard(breaker)
+        self._guard = _StreamGuard(breaker)
         self._source = source
         self._iterator: AsyncIterator[T] | None = None
 
@@ -812,15 +1008,12 @@ class _ProtectedAsyncIterator(AsyncIterator[T]):
         if close is not None:
             await close()
 
-    def __del__(self) -> None:
-        self._guard.closed()
-
 
 class _ProtectedIterator(Iterator[T]):
     __slots__ = ("_guard", "_source", "_iterator")
 
     def __init__(self, breaker: CircuitBreaker, source: Iterable[T]) -> None:
-        self._guard: _StreamGuard[T] = _StreamGuard(breaker)
+        self._guard = _StreamGuard(breaker)
         self._source = source
         self._iterator: Iterator[T] | None = None
 
@@ -840,6 +1033,3 @@ class _ProtectedIterator(Iterator[T]):
         close = getattr(self._iterator or self._source, "close", None)
         if close is not None:
             close()
-
-    def __del__(self) -> None:
-        self._guard.closed()

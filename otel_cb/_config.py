@@ -111,16 +111,17 @@ class CircuitBreakerConfig:
         else:
             _check_positive("window_size", self.window_size, allow_none=False)
         _check_positive("open_timeout", self.open_timeout, allow_none=False)
-        _check_number("backoff_multiplier", self.backoff_multiplier)
-        if self.backoff_multiplier < 1.0:
-            raise ValueError(f"backoff_multiplier: {self.backoff_multiplier!r} is not allowed; use a number >= 1.0")
+        _check_number("backoff_multiplier", self.backoff_multiplier, "a finite number >= 1.0")
+        if not 1.0 <= self.backoff_multiplier < math.inf:
+            raise ValueError(
+                f"backoff_multiplier: {self.backoff_multiplier!r} is not allowed; use a finite number >= 1.0")
         _check_positive("max_open_timeout", self.max_open_timeout, allow_none=False)
         if self.max_open_timeout < self.open_timeout:
             raise ValueError(
                 f"max_open_timeout: {self.max_open_timeout!r} is below open_timeout "
                 f"{self.open_timeout!r}; use a value >= open_timeout"
             )
-        _check_number("jitter", self.jitter)
+        _check_number("jitter", self.jitter, "a fraction in [0, 1]")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"jitter: {self.jitter!r} is not allowed; use a fraction in [0, 1]")
         _check_threshold("half_open_max_calls", self.half_open_max_calls, allow_none=False)
@@ -153,9 +154,10 @@ class CircuitBreakerConfig:
     def from_dict(cls, mapping: Mapping[str, Any]) -> CircuitBreakerConfig:
         """Build a config from plain data, as read from YAML or TOML.
 
-        Accepts the field names plus ``preset:``; durations may be strings such
-        as ``"30s"``, ``"500ms"`` or ``"2m"``; exception types may be given as
-        dotted names (``"builtins.TimeoutError"``).
+        Accepts the field names plus ``preset:``; durations (a time window's
+        ``window_size`` included) may be strings such as ``"30s"``, ``"500ms"``
+        or ``"2m"``; exception types may be given as dotted names
+        (``"builtins.TimeoutError"``).
 
         Raises:
             ValueError: naming the field, the value and what is allowed.
@@ -172,7 +174,9 @@ class CircuitBreakerConfig:
                 raise ValueError(
                     f"{key}: unknown setting (value {data[key]!r}); allowed settings: {', '.join(sorted(known))}"
                 )
-        for key in _DURATION_FIELDS:
+        window_type = data.get("window_type", PRESETS[preset].get("window_type", "time"))
+        durations = (*_DURATION_FIELDS, "window_size") if window_type == "time" else _DURATION_FIELDS
+        for key in durations:
             if key in data and data[key] is not None:
                 data[key] = parse_duration(key, data[key])
         for key in ("record_exceptions", "ignore_exceptions"):
@@ -234,29 +238,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_number(name: str, value: object) -> None:
+def _check_number(name: str, value: object, allowed: str = "a number") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name}: {value!r} is not a number")
+        raise ValueError(f"{name}: {value!r} is not allowed; use {allowed}")
 
 
 def _check_positive(name: str, value: object, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    _check_number(name, value)
+    allowed = "a positive, finite number of seconds" + (" or None" if allow_none else "")
+    _check_number(name, value, allowed)
     assert isinstance(value, (int, float))
     if value <= 0 or math.isinf(value):
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name}: {value!r} is not allowed; use a positive, finite number of seconds{extra}")
+        raise ValueError(f"{name}: {value!r} is not allowed; use {allowed}")
 
 
 def _check_rate(name: str, value: object, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    _check_number(name, value)
+    allowed = "a ratio in (0, 1]" + (" or None" if allow_none else "")
+    _check_number(name, value, allowed)
     assert isinstance(value, (int, float))
     if not 0.0 < value <= 1.0:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name}: {value!r} is not allowed; use a ratio in (0, 1]{extra}")
+        raise ValueError(f"{name}: {value!r} is not allowed; use {allowed}")
 
 
 def _check_threshold(name: str, value: object, *, allow_none: bool) -> None:

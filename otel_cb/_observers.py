@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ._errors import CircuitOpenError
     from ._state import StateChangeEvent
 
-__all__ = ["Observer", "add_observer", "remove_observer", "observers", "call_safely"]
+__all__ = ["Observer", "add_observer", "remove_observer", "observers", "call_safely", "live_breakers"]
 
 logger = logging.getLogger("otel_cb")
 
@@ -33,7 +34,13 @@ class Observer(Protocol):
     def state_changed(self, breaker: CircuitBreaker, event: StateChangeEvent) -> None: ...
     def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None: ...
     def fallback_served(self, breaker: CircuitBreaker, succeeded: bool) -> None: ...
+    # otel_cb.shared: True when the breaker falls back to local state (Redis unreachable), False when back.
+    def shared_state_changed(self, breaker: CircuitBreaker, running_locally: bool) -> None: ...
 
+
+# Every live breaker, so an observer registered late (telemetry) still finds
+# breakers made before it; weak, so it never keeps one alive.
+live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
 # A tuple, replaced whole on change, so the call path reads it without a lock.
 observers: tuple[Any, ...] = ()
@@ -56,10 +63,10 @@ def remove_observer(observer: object) -> None:
         observers = tuple(o for o in observers if o is not observer)
 
 
-def call_safely(target: Callable[..., Any], what: str, *args: Any) -> None:
-    """Call ``target(*args)``; log an ``Exception`` once per target, never raise it."""
+def call_safely(target: Callable[..., Any], what: str, *args: Any, default: Any = None) -> Any:
+    """Return ``target(*args)``; log an ``Exception`` once per target and return ``default`` instead."""
     try:
-        target(*args)
+        return target(*args)
     except Exception:
         key = (id(target.__self__) if hasattr(target, "__self__") else id(target), what)
         if key in _already_logged:
@@ -67,6 +74,7 @@ def call_safely(target: Callable[..., Any], what: str, *args: Any) -> None:
         else:
             _already_logged.add(key)
             logger.error("%s raised; otel-cb ignores it and the call goes on", what, exc_info=True)
+        return default
 
 
 def notify(hook: str, *args: Any) -> None:

@@ -21,7 +21,9 @@ class CircuitBreakerRegistry:
 
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: a new breaker tells the observers while this lock is held,
+        # and an observer may well look at the registry.
+        self._lock = threading.RLock()
         self._breakers: dict[str, CircuitBreaker] = {}
 
     def get_or_create(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:

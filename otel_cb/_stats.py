@@ -27,39 +27,35 @@ class HistogramData:
     bucket_counts: tuple[int, ...]
     count: int
     sum: float
-    min: float
-    max: float
 
 
 class DurationHistogram:
-    """Bucketed call durations per outcome; the caller holds the breaker's lock."""
+    """Bucketed call durations per outcome; the caller holds the breaker's lock.
 
-    __slots__ = ("boundaries", "_counts", "_sum", "_min", "_max")
+    The breaker's closed-state success path bumps ``counts`` and ``sums``
+    inline, because a method call would cost more than the bucketing itself;
+    for the same reason no min or max is kept (both are optional in OTLP).
+    """
+
+    __slots__ = ("boundaries", "counts", "sums")
 
     def __init__(self, boundaries: tuple[float, ...] = DEFAULT_BOUNDARIES) -> None:
         self.boundaries = boundaries
-        self._counts = [[0] * (len(boundaries) + 1) for _ in OUTCOMES]
-        self._sum = [0.0] * len(OUTCOMES)
-        self._min = [float("inf")] * len(OUTCOMES)
-        self._max = [float("-inf")] * len(OUTCOMES)
+        self.counts = [[0] * (len(boundaries) + 1) for _ in OUTCOMES]
+        self.sums = [0.0] * len(OUTCOMES)
 
     def record(self, outcome: int, seconds: float) -> None:
-        """Add one duration; ``outcome`` indexes ``OUTCOMES``."""
-        self._counts[outcome][bisect.bisect_left(self.boundaries, seconds)] += 1
-        self._sum[outcome] += seconds
-        if seconds < self._min[outcome]:
-            self._min[outcome] = seconds
-        if seconds > self._max[outcome]:
-            self._max[outcome] = seconds
+        """Add one duration; ``outcome`` indexes ``OUTCOMES``. A value on a
+        boundary falls in the bucket it bounds, as in OpenTelemetry."""
+        self.counts[outcome][bisect.bisect_left(self.boundaries, seconds)] += 1
+        self.sums[outcome] += seconds
 
     def data(self) -> dict[str, HistogramData]:
         """A copy per outcome that has at least one recorded call."""
         result = {}
         for index, outcome in enumerate(OUTCOMES):
-            counts = self._counts[index]
+            counts = self.counts[index]
             total = sum(counts)
             if total:
-                result[outcome] = HistogramData(
-                    self.boundaries, tuple(counts), total, self._sum[index], self._min[index], self._max[index]
-                )
+                result[outcome] = HistogramData(self.boundaries, tuple(counts), total, self.sums[index])
         return result

@@ -1,0 +1,151 @@
+"""Applying and removing wrapt patches when their module is imported.
+
+``apply(patch)`` wraps ``patch.target`` in ``patch.module`` with a wrapt
+``FunctionWrapper`` at once if the module is imported, else from a post-import
+hook. Our wrapper goes beneath any wrapt wrappers already there (OpenTelemetry's
+instrumentors use wrapt), so it runs inside their spans whichever was applied
+first. Each patch is applied at most once, and ``remove_all()`` removes exactly
+the wrappers applied here: through ``wrapt.unwrap_object`` with the handle we
+kept, which splices our layer out even when another wrapper (OpenTelemetry's,
+say) was put on top of it later, and leaves that other wrapper in place.
+
+If our layer cannot be spliced out (what sits above it is not a wrapt
+wrapper), it is switched off instead: every patched wrapper goes through a
+switch, so a removed patch passes calls straight through.
+
+Failures are contained: a patch whose target does not exist, or whose
+application raises, is logged once with its integration and skipped; a
+post-import hook never makes the user's ``import`` fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from .plugin import Patch
+
+__all__ = ["apply", "applied", "remove_all"]
+
+logger = logging.getLogger("otel_cb")
+
+
+class _Switch:
+    """Our layer around a plugin's wrapper; ``on`` is cleared when the patch is removed."""
+
+    __slots__ = ("on", "wrapper")
+
+    def __init__(self, wrapper: Callable[..., Any]) -> None:
+        self.on = True
+        self.wrapper = wrapper
+
+    def __call__(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        if self.on:
+            return self.wrapper(wrapped, instance, args, kwargs)
+        return wrapped(*args, **kwargs)
+
+
+_lock = threading.RLock()
+_wanted: dict[str, list[Patch]] = {}  # module name -> patches to apply when it is imported
+_applied: dict[Patch, tuple[ModuleType, Any, _Switch]] = {}  # patch -> (module, wrapt handle, switch)
+_hooked: set[str] = set()  # modules with a post-import hook registered and not yet fired
+_failed: set[Patch] = set()
+
+
+def apply(patch: Patch) -> None:
+    """Apply ``patch`` now if its module is imported, else when it is (idempotent)."""
+    import wrapt
+
+    with _lock:
+        patches = _wanted.setdefault(patch.module, [])
+        if patch not in patches:
+            patches.append(patch)
+        module = sys.modules.get(patch.module)
+        if module is not None:
+            _apply_one(patch, module)
+            return
+        if patch.module in _hooked:
+            return
+        _hooked.add(patch.module)
+    # Outside our lock: wrapt calls the hook at once if the module got imported meanwhile.
+    wrapt.register_post_import_hook(_on_import, patch.module)
+
+
+def _on_import(module: ModuleType) -> None:
+    # Runs inside the user's import statement: it must never raise.
+    try:
+        with _lock:
+            _hooked.discard(module.__name__)
+            for patch in list(_wanted.get(module.__name__, ())):
+                _apply_one(patch, module)
+    except Exception:
+        logger.warning("otel-cb: patching %s failed; the module works unpatched", module.__name__, exc_info=True)
+
+
+def _apply_one(patch: Patch, module: ModuleType) -> None:
+    if patch in _applied or patch in _failed:
+        return
+    switch = _Switch(patch.wrapper)
+    try:
+        handle = _wrap_innermost(module, patch.target, switch)
+    except Exception as exc:
+        _failed.add(patch)
+        logger.warning("otel-cb: integration %r cannot patch %s.%s (%s: %s); calls through it are not protected",
+                       patch.integration, patch.module, patch.target, type(exc).__name__, exc)
+        return
+    _applied[patch] = (module, handle, switch)
+
+
+def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
+    """Wrap ``target`` beneath any wrapt wrappers already on it, directly around the original.
+
+    OpenTelemetry's instrumentors wrap with wrapt too; going under them, in
+    whichever order the two were applied, keeps the breaker inside their
+    client span. Anything that is not a wrapt wrapper ends the descent: we
+    cannot rewire it, so we wrap above it.
+    """
+    import wrapt
+
+    node: Any = wrapt.resolve_path(module, target)[2]
+    layer: Any = None
+    for _ in range(64):  # a bound on pathological chains
+        if not issubclass(type(node), wrapt.BaseObjectProxy):
+            break
+        layer, node = node, node.__wrapped__
+    if layer is None:
+        return wrapt.wrap_function_wrapper(module, target, switch)
+    handle = wrapt.FunctionWrapper(node, switch)
+    layer.__wrapped__ = handle
+    return handle
+
+
+def applied() -> list[Patch]:
+    """Return the patches currently applied, in order."""
+    with _lock:
+        return list(_applied)
+
+
+def remove_all() -> None:
+    """Remove every patch applied here and forget pending ones; other wrappers stay."""
+    import wrapt
+
+    with _lock:
+        items = list(_applied.items())
+        _applied.clear()
+        _wanted.clear()
+        _failed.clear()
+        # Pending post-import hooks stay registered with wrapt (it has no way
+        # to unregister); with nothing wanted they do nothing when they fire.
+    for patch, (module, handle, switch) in reversed(items):
+        switch.on = False
+        try:
+            wrapt.unwrap_object(module, patch.target, handle, missing_ok=True)
+        except Exception as exc:
+            # Something that is not a wrapt wrapper sits on top of ours: the
+            # switch above already makes our layer a pass-through.
+            logger.debug("otel-cb: left %s.%s wrapped but switched off (%s)", patch.module, patch.target, exc)

@@ -1,0 +1,488 @@
+"""The otel-cb config file: where it is found, how it is read, and its validation.
+
+Sources, first match wins: an explicit path or mapping; the file named by
+``OTEL_CB_CONFIG``; ``./otel-cb.yaml``; the ``[tool.otel-cb]`` table of
+``./pyproject.toml``; built-in defaults. The shape::
+
+    circuit_breakers:
+      defaults: {preset: default}
+      sentinel_client: {preset: aggressive, match: {http: ["http://sentinel:8080"]}}
+    auto_breakers: {enabled: true, max: 1000}
+    plugins: {my_plugin: {...}}      # free-form, read by plugins in otel_cb_configure
+
+Every breaker section is laid over ``defaults``; the core fields are checked
+by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and the
+integration keys (``failure_statuses``, ``fallback``, ``failure_codes``,
+``shared_state``) by each integration's ``validate_settings(name, section)``
+when that integration is importable. Every problem is reported with its
+location (file, line for YAML, and the key path); validation collects all of
+them rather than stopping at the first.
+
+Routing (what ``match:`` means for a call) lives in ``_routing``; this module
+only normalises the patterns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ._config import CircuitBreakerConfig
+
+__all__ = [
+    "BreakerSection",
+    "ConfigError",
+    "INTEGRATION_KEYS",
+    "Problem",
+    "Settings",
+    "find_source",
+    "load",
+    "normalize_pattern",
+]
+
+logger = logging.getLogger("otel_cb")
+
+CONFIG_ENV = "OTEL_CB_CONFIG"
+DEFAULT_FILE = "otel-cb.yaml"
+PYPROJECT_TABLE = "otel-cb"
+KINDS = ("http", "grpc", "db")
+INTEGRATION_KEYS = frozenset({"failure_statuses", "fallback", "failure_codes", "shared_state",
+                              "failure_sqlstates", "ignore_sqlstates"})
+# Integrations that validate their own keys; imported only when a section uses one.
+_VALIDATORS = ("otel_cb.integrations.httpx", "otel_cb.integrations.grpc", "otel_cb.integrations.asyncpg",
+               "otel_cb.shared")
+_TOP_LEVEL = ("circuit_breakers", "auto_breakers", "plugins")
+_CORE_KEYS = frozenset(f for f in CircuitBreakerConfig.__dataclass_fields__) | {"preset"}
+_SECTION_KEYS = _CORE_KEYS | INTEGRATION_KEYS | {"match"}
+_DEFAULT_AUTO_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One validation error: where it is and what is wrong (naming value and what is allowed)."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The config does not validate; ``problems`` lists every error with its location."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"invalid config: {problems[0]}{more}")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSection:
+    """One configured breaker.
+
+    Attributes:
+        name: The breaker's name (the section's key).
+        config: Its validated core settings.
+        match: Normalised ``match:`` patterns per call kind.
+        raw: The section laid over ``defaults``, as plain data (integration keys included).
+    """
+
+    name: str
+    config: CircuitBreakerConfig
+    match: Mapping[str, tuple[str, ...]]
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A loaded, validated configuration.
+
+    Attributes:
+        source: Where it came from, for messages (a path, ``"<mapping>"``, ``"defaults"``).
+        data: The whole configuration as read (read-only), for ``otel_cb_configure``.
+        defaults: Config of breakers that no section configures (automatic ones).
+        default_section: The raw ``defaults`` section.
+        breakers: Every configured breaker, in file order.
+        auto_enabled: Whether calls no rule matches get an automatic breaker.
+        auto_max: How many automatic breakers at most before the overflow breaker.
+    """
+
+    source: str
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    defaults: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    default_section: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    breakers: tuple[BreakerSection, ...] = ()
+    auto_enabled: bool = True
+    auto_max: int = _DEFAULT_AUTO_MAX
+
+
+# -- finding and reading ----------------------------------------------------------
+
+
+def find_source(config: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Path | None:
+    """Return the file to read for ``config`` (None: no file, use defaults).
+
+    Raises:
+        ConfigError: if an explicitly named file (argument or ``OTEL_CB_CONFIG``) does not exist.
+    """
+    base = Path.cwd() if cwd is None else cwd
+    if config is None:
+        env = os.environ.get(CONFIG_ENV, "").strip()
+        if env:
+            return _existing(base / env, CONFIG_ENV)
+        candidate = base / DEFAULT_FILE
+        if candidate.is_file():
+            return candidate
+        pyproject = base / "pyproject.toml"
+        if pyproject.is_file() and _pyproject_has_table(pyproject):
+            return pyproject
+        return None
+    return _existing(base / Path(config), "config")
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(str(path), [Problem(what, f"{str(path)!r} is not a readable file")])
+    return path
+
+
+def _pyproject_has_table(path: Path) -> bool:
+    # A cheap check first: most pyproject.toml files have no otel-cb table, and
+    # parsing TOML at every start-up would cost more than reading the bytes.
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return f"[tool.{PYPROJECT_TABLE}" in text or f'"{PYPROJECT_TABLE}"' in text
+
+
+def load(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Find, read and validate the configuration.
+
+    Args:
+        config: A file path (YAML, or TOML: a ``pyproject.toml`` is read at
+            ``[tool.otel-cb]``), a mapping of plain data, or None to search
+            (``OTEL_CB_CONFIG``, ``./otel-cb.yaml``, ``./pyproject.toml``, defaults).
+        cwd: Directory to search and resolve relative paths in (default: the current one).
+
+    Raises:
+        ConfigError: listing every problem with its location.
+    """
+    if isinstance(config, Mapping):
+        return validate(config, source="<mapping>")
+    path = find_source(config, cwd=cwd)
+    if path is None:
+        return Settings(source="defaults")
+    data, lines = _read(path)
+    return validate(data, source=str(path), lines=lines)
+
+
+def _read(path: Path) -> tuple[Any, Mapping[tuple[str, ...], int]]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [Problem(source, f"cannot read: {exc}")]) from None
+    if path.suffix == ".toml":
+        return _read_toml(source, text, path.name == "pyproject.toml"), {}
+    return _read_yaml(source, text)
+
+
+def _read_toml(source: str, text: str, pyproject: bool) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [Problem(source, f"not valid TOML: {exc}")]) from None
+    if pyproject or "tool" in data:
+        return data.get("tool", {}).get(PYPROJECT_TABLE, {})
+    return data
+
+
+def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], int]]:
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = str(getattr(exc, "problem", None) or exc).strip()
+        raise ConfigError(source, [Problem(where, f"not valid YAML: {problem}")]) from None
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return ({} if data is None else data), lines
+
+
+def _collect_lines(node: Any, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, str(key.value))
+            lines[child] = key.start_mark.line + 1
+            _collect_lines(value, child, lines)
+
+
+# -- validation -------------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, source: str, lines: Mapping[tuple[str, ...], int]) -> None:
+        self.source = source
+        self.lines = lines
+        self.problems: list[Problem] = []
+        self.order: list[int] = []
+
+    def add(self, path: tuple[str, ...], message: str) -> None:
+        line: int | None = None
+        for depth in range(len(path), 0, -1):
+            line = self.lines.get(path[:depth])
+            if line is not None:
+                break
+        where = f"{self.source}:{line}" if line is not None else self.source
+        key = ".".join(path)
+        self.problems.append(Problem(f"{where}: {key}" if key else where, message))
+        self.order.append(line or 0)
+
+    def add_error(self, path: tuple[str, ...], error: ValueError, fields: frozenset[str]) -> None:
+        """Add a validator's error; its message starts with the field (``"open_timeout: ..."``), so point there."""
+        message = str(error)
+        head, sep, rest = message.partition(": ")
+        keys = tuple(head.split("."))
+        if sep and keys[0] in fields:
+            self.add((*path, *keys), rest)
+        else:
+            self.add(path, message)
+
+    def sorted(self) -> list[Problem]:
+        """The problems in file order (the order a reader fixes them in)."""
+        return [p for _, p in sorted(zip(self.order, self.problems, strict=True), key=lambda item: item[0])]
+
+
+def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] | None = None) -> Settings:
+    """Validate plain data as read from a file.
+
+    Raises:
+        ConfigError: listing every problem with its location.
+    """
+    problems = _Collector(source, lines or {})
+    if not isinstance(data, Mapping):
+        problems.add((), f"{data!r} is not allowed; the config must be a mapping with keys {', '.join(_TOP_LEVEL)}")
+        raise ConfigError(source, problems.problems)
+    for key in data:
+        if key not in _TOP_LEVEL:
+            problems.add((str(key),), f"unknown key (value {_short(data[key])}); allowed: {', '.join(_TOP_LEVEL)}")
+    plugins = data.get("plugins", {})
+    if not isinstance(plugins, Mapping):
+        problems.add(("plugins",), f"{_short(plugins)} is not allowed; use a mapping of plugin name to settings")
+    auto_enabled, auto_max = _auto(data.get("auto_breakers", {}), problems)
+    breakers = data.get("circuit_breakers", {})
+    if breakers is None:
+        breakers = {}
+    if not isinstance(breakers, Mapping):
+        problems.add(("circuit_breakers",), f"{_short(breakers)} is not allowed; use a mapping of breaker name "
+                     "to settings")
+        breakers = {}
+    default_raw = breakers.get("defaults") or {}
+    defaults = CircuitBreakerConfig()
+    if not isinstance(default_raw, Mapping):
+        problems.add(("circuit_breakers", "defaults"), f"{_short(default_raw)} is not allowed; use a mapping of "
+                     "settings")
+        default_raw = {}
+    elif "match" in default_raw:
+        problems.add(("circuit_breakers", "defaults", "match"), "not allowed in defaults; put match rules in a "
+                     "named breaker section")
+    else:
+        defaults = _section_config(("circuit_breakers", "defaults"), default_raw, problems) or defaults
+        _integration_keys("defaults", ("circuit_breakers", "defaults"), default_raw, problems)
+    sections = []
+    for name, raw in breakers.items():
+        if name == "defaults":
+            continue
+        path = ("circuit_breakers", str(name))
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            problems.add(path, f"breaker name {name!r} is not allowed; use a non-empty string of at most "
+                         "200 characters")
+            continue
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            problems.add(path, f"{_short(raw)} is not allowed; use a mapping of settings")
+            continue
+        merged = {**default_raw, **raw}
+        config = _section_config(path, merged, problems)
+        match = _match(path, raw.get("match", {}), problems)
+        _integration_keys(name, path, merged, problems)
+        if config is not None:
+            merged.pop("match", None)
+            sections.append(BreakerSection(name, config, match, MappingProxyType(merged)))
+    if problems.problems:
+        raise ConfigError(source, problems.sorted())
+    return Settings(
+        source=source,
+        data=MappingProxyType(dict(data)),
+        defaults=defaults,
+        default_section=MappingProxyType(dict(default_raw)),
+        breakers=tuple(sections),
+        auto_enabled=auto_enabled,
+        auto_max=auto_max,
+    )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _auto(raw: object, problems: _Collector) -> tuple[bool, int]:
+    path = ("auto_breakers",)
+    if raw is None:
+        return True, _DEFAULT_AUTO_MAX
+    if not isinstance(raw, Mapping):
+        problems.add(path, f"{_short(raw)} is not allowed; use a mapping with keys enabled, max")
+        return True, _DEFAULT_AUTO_MAX
+    enabled = raw.get("enabled", True)
+    maximum = raw.get("max", _DEFAULT_AUTO_MAX)
+    for key in raw:
+        if key not in ("enabled", "max"):
+            problems.add((*path, str(key)), f"unknown key (value {_short(raw[key])}); allowed: enabled, max")
+    if not isinstance(enabled, bool):
+        problems.add((*path, "enabled"), f"{_short(enabled)} is not allowed; use true or false")
+        enabled = True
+    if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
+        problems.add((*path, "max"), f"{_short(maximum)} is not allowed; use a whole number >= 1")
+        maximum = _DEFAULT_AUTO_MAX
+    return enabled, maximum
+
+
+def _section_config(path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector) -> CircuitBreakerConfig | None:
+    for key in raw:
+        if key not in _SECTION_KEYS:
+            problems.add((*path, str(key)), f"unknown setting (value {_short(raw[key])}); allowed: "
+                         f"{', '.join(sorted(_SECTION_KEYS))}")
+    core = {k: v for k, v in raw.items() if k in _CORE_KEYS}
+    try:
+        return CircuitBreakerConfig.from_dict(core)
+    except ValueError as exc:
+        problems.add_error(path, exc, _CORE_KEYS)
+        return None
+
+
+_HTTP_PATTERN = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<host>\[[^\]]+\]|[^/:?#@\[\]]+)"
+                           r"(?::(?P<port>\d+|\*))?/?$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^/:?#@\[\]]+)(?::(?P<port>\d+|\*))?$")
+_DEFAULT_PORTS = {"http": "80", "https": "443", "postgresql": "5432", "postgres": "5432"}
+
+
+def normalize_pattern(kind: str, pattern: str) -> str:
+    """Return ``pattern`` in the form ``Call.target`` (or a gRPC service/method) takes.
+
+    HTTP ``scheme://host[:port]`` gets its default port; a database URL
+    ``postgresql://[user@]host[:port]/db`` becomes ``host:port/db``; gRPC
+    patterns are a target ``host:port``, a service ``pkg.Service`` or a method
+    ``/pkg.Service/Method``. ``*`` matches any run of characters.
+
+    Raises:
+        ValueError: naming the pattern and the accepted forms.
+    """
+    text = pattern.strip()
+    if kind == "http":
+        m = _HTTP_PATTERN.match(text)
+        if not m:
+            raise ValueError(f"{pattern!r} is not allowed; use 'scheme://host[:port]' without credentials, path "
+                             "or query (e.g. 'http://sentinel:8080'; '*' matches any part)")
+        scheme = m["scheme"].lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{pattern!r} is not allowed; the scheme must be http or https")
+        return f"{scheme}://{m['host'].lower()}:{m['port'] or _DEFAULT_PORTS[scheme]}"
+    if kind == "db":
+        if "://" in text:
+            scheme, _, rest = text.partition("://")
+            rest = rest.rpartition("@")[2]  # credentials never take part in routing
+            hostport, _, database = rest.partition("/")
+            database = database.partition("?")[0]
+        else:
+            scheme = "postgresql"
+            hostport, _, database = text.partition("/")
+        m = _HOST_PORT.match(hostport)
+        if not m or not database or "/" in database:
+            raise ValueError(f"{pattern!r} is not allowed; use 'postgresql://host[:port]/dbname' or "
+                             "'host:port/dbname' ('*' matches any part)")
+        port = m["port"] or _DEFAULT_PORTS.get(scheme.lower(), "5432")
+        return f"{m['host'].lower()}:{port}/{database}"
+    if kind == "grpc":
+        if not text or any(c.isspace() for c in text) or "://" in text:
+            raise ValueError(f"{pattern!r} is not allowed; use a service 'pkg.Service', a method "
+                             "'/pkg.Service/Method' or a target 'host:port'")
+        return text
+    raise ValueError(f"{kind!r} is not a call kind; use one of {', '.join(KINDS)}")
+
+
+def _match(path: tuple[str, ...], raw: object, problems: _Collector) -> Mapping[str, tuple[str, ...]]:
+    here = (*path, "match")
+    if raw is None:
+        return MappingProxyType({})
+    if not isinstance(raw, Mapping):
+        problems.add(here, f"{_short(raw)} is not allowed; use a mapping with keys {', '.join(KINDS)}")
+        return MappingProxyType({})
+    result: dict[str, tuple[str, ...]] = {}
+    for kind, patterns in raw.items():
+        if kind not in KINDS:
+            problems.add((*here, str(kind)), f"unknown call kind; allowed: {', '.join(KINDS)}")
+            continue
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            problems.add((*here, kind), f"{_short(patterns)} is not allowed; use a list of strings")
+            continue
+        normalized = []
+        for pattern in patterns:
+            try:
+                normalized.append(normalize_pattern(kind, pattern))
+            except ValueError as exc:
+                problems.add((*here, kind), str(exc))
+        result[kind] = tuple(normalized)
+    return MappingProxyType(result)
+
+
+def _integration_keys(name: str, path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector) -> None:
+    if not INTEGRATION_KEYS.intersection(raw):
+        return
+    section = {k: v for k, v in raw.items() if k in INTEGRATION_KEYS}
+    for validate_settings in _validators():
+        try:
+            validate_settings(name, section)
+        except ValueError as exc:
+            problems.add_error(path, exc, INTEGRATION_KEYS)
+        except Exception as exc:
+            # A validator's own bug must not stop the application; it is only checked less.
+            logger.debug("otel-cb: validate_settings raised %s for breaker %r", type(exc).__name__, name)
+
+
+def _validators() -> Iterator[Any]:
+    import importlib
+
+    for module_name in _VALIDATORS:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:
+            # Not written yet, or its client library is not installed: nothing to check with.
+            continue
+        function = getattr(module, "validate_settings", None)
+        if callable(function):
+            yield function

@@ -1,0 +1,258 @@
+"""HTTP policy shared by the sync and async httpx paths, free of any client library.
+
+Owns the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
+validation, the stale-response cache and ``Retry-After`` parsing. The httpx
+module turns these plain values into requests and responses.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timezone
+from typing import Any
+
+from .._config import parse_duration
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "HTTPSettings",
+    "StaleCache",
+    "StaticResponse",
+    "parse_failure_statuses",
+    "parse_fallback",
+    "parse_retry_after",
+    "parse_settings",
+    "validate_settings",
+]
+
+DEFAULT_FAILURE_STATUSES = frozenset([429, *range(500, 600)])
+_STATUS_RANGE = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*-\s*(\d{3})\s*$")
+_STATUSES_ALLOWED = "a list of status codes (100-599), 'Nxx' classes or 'A-B' ranges, e.g. [429, '5xx']"
+# Never replayed from the cache: a replayed POST could repeat a side effect the caller
+# believes did not happen, and HEAD/OPTIONS answers are not worth their memory.
+CACHEABLE_METHODS = frozenset({"GET"})
+MAX_ENTRY_BYTES = 1 << 20
+
+
+def parse_failure_statuses(where: str, value: object) -> frozenset[int]:
+    """Parse a ``failure_statuses`` value such as ``[429, "5xx", "520-530"]``.
+
+    Raises:
+        ValueError: naming the field, the bad value and what is allowed.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{where}: {value!r} is not allowed; use {_STATUSES_ALLOWED}")
+    statuses: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            statuses.add(item)
+            continue
+        match = _STATUS_RANGE.match(item) if isinstance(item, str) else None
+        if match is None:
+            raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
+        if match.group(1):
+            low = int(match.group(1)) * 100
+            high = low + 99
+        else:
+            low, high = int(match.group(2)), int(match.group(3))
+            if not 100 <= low <= high <= 599:
+                raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
+        statuses.update(range(low, high + 1))
+    return frozenset(statuses)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta-seconds or an HTTP-date; None if unusable.
+
+    Args:
+        value: The header value.
+        now: Wall-clock seconds since the epoch that an HTTP-date is compared
+            with (``time.time()`` when None).
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(slots=True)
+class _Entry:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    stored_at: float
+
+
+class StaleCache:
+    """The last successful response to each GET, kept to serve while its dependency is down.
+
+    Keys are method, URL and a digest of the credentials the request carried
+    (``Authorization``, ``Cookie``), so one caller's response is never replayed
+    to a caller with other credentials; credentials themselves are not stored.
+    Memory is bounded: at most ``max_entries`` responses (least recently used
+    go first) of at most ``max_entry_bytes`` each; older than ``ttl`` seconds
+    is never served.
+    """
+
+    kind = "stale-cache"
+
+    def __init__(self, *, ttl: float, max_entries: int, max_entry_bytes: int = MAX_ENTRY_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_entry_bytes = max_entry_bytes
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str, bytes], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def key(method: str, url: str, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, str, bytes] | None:
+        """The cache key of a request, or None when its method is never cached."""
+        if method not in CACHEABLE_METHODS:
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for name, value in headers:
+            if name.lower() in (b"authorization", b"cookie"):
+                digest.update(name.lower() + b"\0" + value + b"\0")
+        return method, url, digest.digest()
+
+    def store(self, key: tuple[str, str, bytes], status: int, headers: list[tuple[bytes, bytes]],
+              body: bytes) -> None:
+        if len(body) > self.max_entry_bytes:
+            return
+        entry = _Entry(status, headers, body, self._clock())
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def lookup(self, key: tuple[str, str, bytes]) -> tuple[int, list[tuple[bytes, bytes]], bytes, float] | None:
+        """Return ``(status, headers, body, age_seconds)`` of a fresh enough entry, else None."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            age = now - entry.stored_at
+            if age > self.ttl:
+                del self._entries[key]
+                return None
+        return entry.status, entry.headers, entry.body, max(0.0, age)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticResponse:
+    """A fixed response served instead of the real one (``fallback: {type: static, ...}``)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    kind: str = "static"
+
+
+_FALLBACK_ALLOWED = (
+    "{type: stale_cache, ttl: '5m', max_entries: 1000} or "
+    "{type: static, status: 503, json: {...} | body: '...', headers: {...}}"
+)
+_FALLBACK_KEYS = {"stale_cache": {"type", "ttl", "max_entries", "max_entry_bytes"},
+                  "static": {"type", "status", "json", "body", "headers"}}
+
+
+def parse_fallback(where: str, value: object, *,
+                   clock: Callable[[], float] = time.monotonic) -> StaleCache | StaticResponse:
+    """Build the fallback a ``fallback:`` mapping describes.
+
+    Raises:
+        ValueError: naming the field, the bad value and what is allowed.
+    """
+    if not isinstance(value, Mapping) or value.get("type") not in _FALLBACK_KEYS:
+        raise ValueError(f"{where}: {value!r} is not allowed; use {_FALLBACK_ALLOWED}")
+    kind = value["type"]
+    unknown = sorted(set(value) - _FALLBACK_KEYS[kind])
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: {value[unknown[0]]!r} is not allowed; "
+                         f"a {kind} fallback takes {', '.join(sorted(_FALLBACK_KEYS[kind]))}")
+    if kind == "stale_cache":
+        ttl = parse_duration(f"{where}.ttl", value.get("ttl", 300.0))
+        if ttl <= 0:
+            raise ValueError(f"{where}.ttl: {value.get('ttl')!r} is not allowed; use a positive duration")
+        limits = {}
+        for name, default in (("max_entries", 1000), ("max_entry_bytes", MAX_ENTRY_BYTES)):
+            number = value.get(name, default)
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise ValueError(f"{where}.{name}: {number!r} is not allowed; use a whole number >= 1")
+            limits[name] = number
+        return StaleCache(ttl=ttl, clock=clock, **limits)
+    status = value.get("status", 503)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError(f"{where}.status: {status!r} is not allowed; use an HTTP status code, 100-599")
+    headers_value = value.get("headers", {})
+    if not isinstance(headers_value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers_value.items()):
+        raise ValueError(f"{where}.headers: {headers_value!r} is not allowed; use a mapping of strings to strings")
+    headers = list(headers_value.items())
+    if "json" in value and "body" in value:
+        raise ValueError(f"{where}: {value!r} is not allowed; give either json or body, not both")
+    if "json" in value:
+        import json
+
+        try:
+            body = json.dumps(value["json"]).encode()
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}.json: {value['json']!r} is not allowed; use JSON-serialisable data") from None
+        headers.append(("Content-Type", "application/json"))
+    else:
+        text = value.get("body", "")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}.body: {text!r} is not allowed; use a string")
+        body = text.encode()
+    return StaticResponse(status, tuple(headers), body)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    """The HTTP settings of one breaker, parsed."""
+
+    failure_statuses: frozenset[int] = DEFAULT_FAILURE_STATUSES
+    fallback: StaleCache | StaticResponse | None = field(default=None, compare=False)
+
+
+def parse_settings(name: str, section: Mapping[str, Any], *,
+                   clock: Callable[[], float] = time.monotonic) -> HTTPSettings:
+    """Parse the HTTP keys of breaker ``name``'s config section (other keys are left alone)."""
+    # Field names relative to the section: the config loader prefixes the section's location.
+    statuses = DEFAULT_FAILURE_STATUSES
+    if section.get("failure_statuses") is not None:
+        statuses = parse_failure_statuses("failure_statuses", section["failure_statuses"])
+    fallback = None
+    if section.get("fallback") is not None:
+        fallback = parse_fallback("fallback", section["fallback"], clock=clock)
+    return HTTPSettings(statuses, fallback)
+
+
+def validate_settings(name: str, section: Mapping[str, Any]) -> None:
+    """Check the HTTP keys of breaker ``name``'s config section; the config loader calls this.
+
+    Raises:
+        ValueError: naming the field, the bad value and what is allowed.
+    """
+    parse_settings(name, section)

@@ -1,0 +1,569 @@
+"""The httpx machinery behind ``otel_cb.integrations.httpx``: one exchange logic, two thin shells.
+
+``_Exchange`` holds everything a protected request needs decided (admission,
+classification, Retry-After, fallbacks, caching); ``send_sync`` and
+``send_async`` differ only in awaiting the inner transport, and the two body
+wrappers only in iterating sync or async. The transports users wire by hand
+and the patches ``otel-cb-instrument`` applies both go through them.
+
+Imports httpx, so ``otel_cb.integrations.httpx`` imports this module only
+when httpx is in use.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from .._breaker import CircuitBreaker, Permit
+from .._errors import CircuitOpenError
+from .._state import CircuitState
+from ..plugin import Call, breaker_settings, classify, fallback, select_breaker
+from ..telemetry import annotate_current_span
+from ._http_policy import (
+    HTTPSettings,
+    StaleCache,
+    StaticResponse,
+    parse_failure_statuses,
+    parse_fallback,
+    parse_retry_after,
+    parse_settings,
+)
+
+__all__ = [
+    "AsyncCircuitBreakerTransport",
+    "CircuitBreakerTransport",
+    "HTTPCircuitOpenError",
+    "Selector",
+    "patched_handle_async_request",
+    "patched_handle_request",
+]
+
+Selector = Callable[[Call], CircuitBreaker | None]
+
+FALLBACK_HEADER = "X-Otel-CB-Fallback"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+# Errors that say nothing about the server: the request was wrong, the client's own pool
+# was exhausted, or another breaker refused it; none of them reached the server.
+_NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
+_DEFAULT_SETTINGS = HTTPSettings()
+_NO_KWARGS: dict[str, Any] = {}
+# Set while a protected request runs, so a patched transport inside a
+# hand-wired CircuitBreakerTransport does not guard the same request twice.
+_GUARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.httpx.guarded", default=False)
+logger = logging.getLogger("otel_cb")
+_logged: set[tuple[str, str]] = set()
+_logged_lock = threading.Lock()
+_settings_cache: weakref.WeakKeyDictionary[CircuitBreaker, tuple[Mapping[str, Any], HTTPSettings]] = \
+    weakref.WeakKeyDictionary()
+
+
+class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
+    """An open breaker refused an httpx request; it was not sent.
+
+    Both a ``CircuitOpenError`` (``.name``, ``.state``, ``.retry_after``) and an
+    ``httpx.TransportError``, so an application's ``except httpx.HTTPError``
+    handles it as it handles a connection error.
+    """
+
+    def __init__(self, name: str, state: CircuitState, retry_after: float | None, *,
+                 request: httpx.Request | None = None) -> None:
+        # Neither base's __init__ fits the other's signature: set both sides' fields.
+        Exception.__init__(self, name, state, retry_after)
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+        self._request = request
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float | None]]:
+        return (type(self), (self.name, self.state, self.retry_after))
+
+
+def _log_once(key: tuple[str, str], message: str, *args: object, exc_info: bool = False) -> None:
+    """Log a contained fault at WARNING once per ``key``, then at DEBUG: a fault on the request
+    path must neither break the request nor flood the host's logs."""
+    with _logged_lock:
+        first = key not in _logged
+        _logged.add(key)
+    logger.log(logging.WARNING if first else logging.DEBUG, message, *args, exc_info=exc_info)
+
+
+def describe(request: httpx.Request) -> Call:
+    """The ``Call`` of a request: target ``scheme://host:port``, the URL without userinfo."""
+    url = request.url
+    scheme = url.scheme
+    host = url.host
+    if ":" in host:
+        host = f"[{host}]"
+    port = url.port or _DEFAULT_PORTS.get(scheme, 0)
+    full = str(url.copy_with(username=None, password=None) if url.userinfo else url)
+    return Call(kind="http", target=f"{scheme}://{host}:{port}", method=request.method, url=full, request=request)
+
+
+def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
+    """The HTTP settings of ``breaker``'s config section, parsed once per section."""
+    raw = breaker_settings(breaker.name)
+    if not raw:
+        return _DEFAULT_SETTINGS
+    cached = _settings_cache.get(breaker)
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    try:
+        # The cache ages by the breaker's clock, so tests move both with one fake clock.
+        settings = parse_settings(breaker.name, raw, clock=breaker._clock)
+    except ValueError as exc:
+        _log_once(("httpx-settings", breaker.name), "otel-cb: %s; breaker %r uses the default HTTP settings",
+                  exc, breaker.name)
+        settings = _DEFAULT_SETTINGS
+    _settings_cache[breaker] = (raw, settings)
+    return settings
+
+
+class _Router:
+    """Picks the breaker and the settings for each request of one transport (or of the patches)."""
+
+    __slots__ = ("_breaker", "_selector", "_statuses", "_fallback")
+
+    def __init__(self, breaker: CircuitBreaker | None = None, selector: Selector | None = None,
+                 failure_statuses: object = None, fallback_config: object = None) -> None:
+        if breaker is not None and selector is not None:
+            raise ValueError("breaker, selector: give one of them, not both")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ValueError(f"breaker: {breaker!r} is not allowed; use an otel_cb.CircuitBreaker")
+        if selector is not None and not callable(selector):
+            raise ValueError(f"selector: {selector!r} is not allowed; use a callable taking an otel_cb.plugin.Call")
+        self._breaker = breaker
+        self._selector = selector
+        self._statuses = None if failure_statuses is None else \
+            parse_failure_statuses("failure_statuses", failure_statuses)
+        self._fallback = None if fallback_config is None else parse_fallback(
+            "fallback", fallback_config, **({"clock": breaker._clock} if breaker is not None else {}))
+
+    def prepare(self, request: httpx.Request) -> _Exchange | None:
+        """The exchange for ``request``, or None when no breaker protects it."""
+        try:
+            call = describe(request)
+            if self._breaker is not None:
+                breaker: CircuitBreaker | None = self._breaker
+            elif self._selector is not None:
+                breaker = self._selector(call)
+            else:
+                breaker = select_breaker(call)
+            if breaker is None:
+                return None
+            if not isinstance(breaker, CircuitBreaker):
+                _log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; the "
+                          "request goes out unprotected", type(breaker).__name__)
+                return None
+            settings = settings_of(breaker)
+            if self._statuses is not None or self._fallback is not None:
+                settings = HTTPSettings(
+                    settings.failure_statuses if self._statuses is None else self._statuses,
+                    settings.fallback if self._fallback is None else self._fallback)
+            return _Exchange(breaker, call, settings)
+        except Exception:
+            _log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
+                      "the request goes out unprotected", exc_info=True)
+            return None
+
+
+def _annotate_span(breaker: CircuitBreaker, state: CircuitState) -> None:
+    try:
+        annotate_current_span(breaker, state)
+    except Exception:
+        _log_once(("httpx", "annotate"), "otel-cb: annotating the httpx span failed", exc_info=True)
+
+
+class _Exchange:
+    """One protected request, from admission to the verdict on its response body."""
+
+    __slots__ = ("breaker", "call", "settings", "permit", "token", "hook_verdict", "cache_key", "chunks", "size",
+                 "response")
+
+    def __init__(self, breaker: CircuitBreaker, call: Call, settings: HTTPSettings) -> None:
+        self.breaker = breaker
+        self.call = call
+        self.settings = settings
+        self.permit: Permit | None = None
+        self.token: contextvars.Token[bool] | None = None
+        self.hook_verdict = False
+        self.cache_key: tuple[str, str, bytes] | None = None
+        self.chunks: list[bytes] | None = None
+        self.size = 0
+        self.response: httpx.Response | None = None
+
+    # -- before the request ---------------------------------------------------
+
+    def admit(self) -> httpx.Response | None:
+        """Take a permit and mark the current span: None when admitted.
+
+        A refused request gets a fallback response, or raises ``HTTPCircuitOpenError``.
+        """
+        try:
+            self.permit = self.breaker.acquire()
+        except CircuitOpenError as error:
+            request = self.call.request
+            http_error = HTTPCircuitOpenError(error.name, error.state, error.retry_after,
+                                              request=request if isinstance(request, httpx.Request) else None)
+            _annotate_span(self.breaker, error.state)
+            served = self._fallback(http_error)
+            if served is None:
+                raise http_error from None
+            return served
+        _annotate_span(self.breaker, self.breaker.state)
+        self.token = _GUARDED.set(True)
+        return None
+
+    # -- after the request ----------------------------------------------------
+
+    def failed(self, exc: BaseException) -> httpx.Response:
+        """Record an exception from the inner transport; serve a fallback or re-raise ``exc``."""
+        self._unguard()
+        served = None
+        try:
+            if self._record_exception(exc) == "failure":
+                served = self._fallback(exc)
+        except Exception:
+            _log_once(("httpx", "failed"), "otel-cb: handling an httpx error failed", exc_info=True)
+        if served is None:
+            raise exc
+        return served
+
+    def responded(self, response: httpx.Response, body: Callable[[Any, _Exchange], Any]) -> httpx.Response:
+        """Classify the response head; a healthy one gets its verdict when ``body`` (the wrapper
+        of its stream) ends."""
+        self._unguard()
+        if self._judge_head(response):
+            response.stream = body(response.stream, self)
+        return response
+
+    def _judge_head(self, response: httpx.Response) -> bool:
+        """Classify the response head. True: the verdict waits for the body."""
+        permit = self.permit
+        assert permit is not None
+        try:
+            verdict = classify(self.call, response, None)
+            self.hook_verdict = verdict is not None
+            status = response.status_code
+            if verdict is None:
+                verdict = "failure" if status in self.settings.failure_statuses else "success"
+            if verdict == "failure":
+                retry_after = None
+                if status in _RETRY_AFTER_STATUSES:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                permit.record_failure(retry_after=retry_after)
+                return False
+            if verdict == "ignore":
+                permit.record_ignored()
+                return False
+            cache = self.settings.fallback
+            if isinstance(cache, StaleCache) and 200 <= status < 300:
+                request = self.call.request
+                if isinstance(request, httpx.Request):
+                    self.cache_key = cache.key(self.call.method, self.call.url, request.headers.raw)
+                    if self.cache_key is not None:
+                        self.chunks = []
+            self.response = response
+            return True
+        except Exception:
+            _log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
+                      "no verdict", exc_info=True)
+            permit.release()
+            return False
+
+    # -- while the body streams -----------------------------------------------
+
+    def body_chunk(self, chunk: bytes) -> None:
+        chunks = self.chunks
+        if chunks is not None:
+            self.size += len(chunk)
+            cache = self.settings.fallback
+            if isinstance(cache, StaleCache) and self.size <= cache.max_entry_bytes:
+                chunks.append(chunk)
+            else:
+                self.chunks = None
+
+    def body_error(self, exc: BaseException) -> None:
+        # Cancellation and early closes say nothing about the server: body_closed decides.
+        if isinstance(exc, Exception):
+            try:
+                self._record_exception(exc)
+            except Exception:
+                _log_once(("httpx", "body"), "otel-cb: handling an httpx body error failed", exc_info=True)
+
+    def body_complete(self) -> None:
+        permit = self.permit
+        if permit is None or permit.done:
+            return
+        self._record_success()
+        try:
+            cache, chunks, response = self.settings.fallback, self.chunks, self.response
+            if isinstance(cache, StaleCache) and chunks is not None and self.cache_key is not None \
+                    and response is not None:
+                cache.store(self.cache_key, response.status_code, list(response.headers.raw), b"".join(chunks))
+        except Exception:
+            _log_once(("httpx", "cache"), "otel-cb: caching an httpx response failed", exc_info=True)
+        self.chunks = None
+
+    def body_closed(self) -> None:
+        """The body was closed, read or not: the head already showed a healthy server."""
+        permit = self.permit
+        if permit is not None and not permit.done:
+            self._record_success()
+        self.chunks = None
+
+    # -- shared -----------------------------------------------------------------
+
+    def _unguard(self) -> None:
+        if self.token is not None:
+            _GUARDED.reset(self.token)
+            self.token = None
+
+    def _record_success(self) -> None:
+        permit = self.permit
+        assert permit is not None
+        if self.hook_verdict:
+            permit.record_success()
+        else:
+            permit.record_result(self.response)
+
+    def _record_exception(self, exc: BaseException) -> str:
+        permit = self.permit
+        assert permit is not None
+        if not isinstance(exc, Exception):
+            permit.release()
+            return "none"
+        verdict = classify(self.call, None, exc)
+        if verdict == "failure":
+            permit.record_failure()
+        elif verdict == "success":
+            permit.record_success()
+        elif verdict == "ignore" or isinstance(exc, _NOT_THE_SERVER):
+            permit.record_ignored()
+            return "ignored"
+        else:
+            return permit.record_exception(exc)
+        return verdict
+
+    def _fallback(self, error: BaseException) -> httpx.Response | None:
+        """A response that serves the call instead of ``error``, counted; None when there is none."""
+        try:
+            value = fallback(self.call, error)
+            if value is not None:
+                if isinstance(value, httpx.Response):
+                    self.breaker._count_fallback(True)
+                    return value
+                _log_once(("httpx", "fallback-type"), "otel-cb: otel_cb_fallback returned a %s for an httpx "
+                          "call, not an httpx.Response; ignored", type(value).__name__)
+            configured = self.settings.fallback
+            if configured is None:
+                return None
+            response = _configured_response(configured, self.call)
+        except Exception:
+            _log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
+                      exc_info=True)
+            self.breaker._count_fallback(False)
+            return None
+        self.breaker._count_fallback(response is not None)
+        return response
+
+
+def _configured_response(configured: StaleCache | StaticResponse, call: Call) -> httpx.Response | None:
+    request = call.request if isinstance(call.request, httpx.Request) else None
+    if isinstance(configured, StaticResponse):
+        static_headers = [*configured.headers, (FALLBACK_HEADER, configured.kind)]
+        return httpx.Response(configured.status, headers=static_headers, content=configured.body, request=request)
+    if request is None:
+        return None
+    key = configured.key(call.method, call.url, request.headers.raw)
+    entry = configured.lookup(key) if key is not None else None
+    if entry is None:
+        return None
+    status, raw_headers, body, age = entry
+    headers = httpx.Headers([(k, v) for k, v in raw_headers if k.lower() not in (b"age", b"transfer-encoding")])
+    headers["Content-Length"] = str(len(body))
+    headers[FALLBACK_HEADER] = configured.kind
+    headers["Age"] = str(int(age))
+    return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request)
+
+
+# -- the body wrappers: the verdict on a success waits for its body -------------
+
+
+class _SyncBody(httpx.SyncByteStream):
+    __slots__ = ("_inner", "_exchange")
+
+    def __init__(self, inner: httpx.SyncByteStream, exchange: _Exchange) -> None:
+        self._inner = inner
+        self._exchange = exchange
+
+    def __iter__(self) -> Iterator[bytes]:
+        exchange = self._exchange
+        try:
+            if exchange.chunks is None:
+                yield from self._inner
+            else:
+                for chunk in self._inner:
+                    exchange.body_chunk(chunk)
+                    yield chunk
+        except BaseException as exc:
+            exchange.body_error(exc)
+            raise
+        exchange.body_complete()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._exchange.body_closed()
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    __slots__ = ("_inner", "_exchange")
+
+    def __init__(self, inner: httpx.AsyncByteStream, exchange: _Exchange) -> None:
+        self._inner = inner
+        self._exchange = exchange
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        exchange = self._exchange
+        try:
+            async for chunk in self._inner:
+                if exchange.chunks is not None:
+                    exchange.body_chunk(chunk)
+                yield chunk
+        except BaseException as exc:
+            exchange.body_error(exc)
+            raise
+        exchange.body_complete()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._exchange.body_closed()
+
+
+# -- the two shells ---------------------------------------------------------------
+
+
+def send_sync(router: _Router, request: httpx.Request, send: Callable[..., httpx.Response],
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
+    """Call ``send(*args, **kwargs)``, which sends ``request``, under the breaker ``router`` picks."""
+    exchange = router.prepare(request)
+    if exchange is None:
+        return send(*args, **kwargs)
+    served = exchange.admit()
+    if served is not None:
+        return served
+    try:
+        response = send(*args, **kwargs)
+    except BaseException as exc:
+        return exchange.failed(exc)
+    return exchange.responded(response, _SyncBody)
+
+
+async def send_async(router: _Router, request: httpx.Request, send: Callable[..., Awaitable[httpx.Response]],
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
+    """The async twin of ``send_sync``."""
+    exchange = router.prepare(request)
+    if exchange is None:
+        return await send(*args, **kwargs)
+    served = exchange.admit()
+    if served is not None:
+        return served
+    try:
+        response = await send(*args, **kwargs)
+    except BaseException as exc:
+        return exchange.failed(exc)
+    return exchange.responded(response, _AsyncBody)
+
+
+# -- hand-wired transports --------------------------------------------------------
+
+
+class CircuitBreakerTransport(httpx.BaseTransport):
+    """An httpx transport that sends through ``transport`` under a circuit breaker.
+
+    Args:
+        transport: The transport that really sends, e.g. ``httpx.HTTPTransport()``.
+        breaker: The breaker guarding every request. Give this or ``selector``.
+        selector: ``selector(call) -> CircuitBreaker | None`` picks a breaker per
+            request (``call`` is an ``otel_cb.plugin.Call``; None leaves the
+            request unprotected). Without ``breaker`` and ``selector``, the
+            breakers of ``otel_cb.instrument()`` are used.
+        failure_statuses: Statuses that count as failures, e.g. ``[429, "5xx"]``;
+            default: the breaker's config section, else 429 and 5xx.
+        fallback: ``{"type": "stale_cache", "ttl": "5m", "max_entries": 1000}`` or
+            ``{"type": "static", "status": 503, "json": {...}}``; default: the
+            breaker's config section.
+
+    Raises:
+        ValueError: naming the argument, the value and what is allowed.
+    """
+
+    def __init__(self, transport: httpx.BaseTransport, *, breaker: CircuitBreaker | None = None,
+                 selector: Selector | None = None, failure_statuses: object = None, fallback: object = None) -> None:
+        if not isinstance(transport, httpx.BaseTransport):
+            raise ValueError(f"transport: {transport!r} is not allowed; use an httpx.BaseTransport")
+        self._transport = transport
+        self._router = _Router(breaker, selector, failure_statuses, fallback)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return send_sync(self._router, request, self._transport.handle_request, (request,), _NO_KWARGS)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
+    """The async twin of ``CircuitBreakerTransport``, for ``httpx.AsyncClient``; same arguments."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, breaker: CircuitBreaker | None = None,
+                 selector: Selector | None = None, failure_statuses: object = None, fallback: object = None) -> None:
+        if not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ValueError(f"transport: {transport!r} is not allowed; use an httpx.AsyncBaseTransport")
+        self._transport = transport
+        self._router = _Router(breaker, selector, failure_statuses, fallback)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await send_async(self._router, request, self._transport.handle_async_request, (request,), _NO_KWARGS)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+# -- the patches --------------------------------------------------------------------
+
+_AUTO = _Router()
+
+
+def patched_handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Any:
+    """wrapt wrapper of ``httpx.HTTPTransport.handle_request``."""
+    request = args[0] if args else kwargs.get("request")
+    if _GUARDED.get() or not isinstance(request, httpx.Request):
+        return wrapped(*args, **kwargs)
+    return send_sync(_AUTO, request, wrapped, args, kwargs)
+
+
+async def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                                       kwargs: dict[str, Any]) -> Any:
+    """wrapt wrapper of ``httpx.AsyncHTTPTransport.handle_async_request``."""
+    request = args[0] if args else kwargs.get("request")
+    if _GUARDED.get() or not isinstance(request, httpx.Request):
+        return await wrapped(*args, **kwargs)
+    return await send_async(_AUTO, request, wrapped, args, kwargs)
+
+
+# Public under their documented home, as tracebacks and reprs show them.
+for _public in (CircuitBreakerTransport, AsyncCircuitBreakerTransport, HTTPCircuitOpenError):
+    _public.__module__ = "otel_cb.integrations.httpx"
+del _public

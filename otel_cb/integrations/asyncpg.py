@@ -1,0 +1,536 @@
+"""asyncpg behind circuit breakers: a database outage fails fast instead of piling up queries.
+
+Usage
+-----
+
+Automatically, with ``otel-cb-instrument python app.py`` (or
+``otel_cb.instrument()`` before asyncpg is imported): every connection, pool
+and prepared statement is protected, one breaker per database
+(``host:port/dbname``), with no code change. By hand, with a pool wrapper::
+
+    from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
+    from otel_cb.integrations.asyncpg import ResilientPool
+
+    breaker = CircuitBreaker("database_pool", CircuitBreakerConfig.preset("database"))
+    pool = await ResilientPool.create("postgresql://app@db:5432/incidents", breaker=breaker,
+                                      min_size=2, max_size=10, command_timeout=5)
+    rows = await pool.fetch("SELECT id FROM incidents WHERE open")
+    count = await pool.execute(lambda conn: conn.fetchval("SELECT count(*) FROM incidents"))
+    await pool.transaction(lambda conn: conn.execute("UPDATE incidents SET open = false"))
+    await pool.close()
+
+What is protected
+-----------------
+
+- ``asyncpg.connect`` and pool start-up (``await create_pool(...)``): method ``connect``;
+- taking a connection from a pool (``pool.acquire()``, also inside
+  ``pool.fetch`` and friends): ``acquire``. A pool that cannot hand out a
+  connection is a failure of the database, not of any query;
+- the query methods of connections, pools and prepared statements:
+  ``execute``, ``executemany``, ``fetch``, ``fetchrow``, ``fetchval``,
+  ``fetchmany``, ``copy_from_table``, ``copy_from_query``, ``copy_to_table``,
+  ``copy_records_to_table``, ``prepare``, ``explain``; and cursors (opening
+  one, ``fetch``, ``fetchrow``, ``forward``, and each step of ``async for``).
+
+One user-level call is one breaker call: ``pool.fetch`` takes a connection
+and runs a query, and is judged once. While a breaker is open the call
+raises ``otel_cb.CircuitOpenError`` before anything happens: no query is
+sent and no connection is taken from the pool.
+
+Transactions never get stuck: rolling back, committing at the end of an
+``async with conn.transaction()`` block, and the reset a pool runs when a
+connection is released always go through, so a breaker that opens in the
+middle of a transaction rejects the next statement, the block rolls back and
+the connection goes back to the pool.
+
+Which breaker
+-------------
+
+Each call is described as ``Call(kind="db", target="host:port/dbname",
+method=...)`` and routed by ``otel_cb.plugin.select_breaker``: the config
+file's ``match: {db: [...]}`` rules (DSNs or ``host:port/dbname``; use
+:func:`db_target` to turn a DSN into a target), else one automatic breaker
+per database. Targets never hold a user name, password or query options.
+
+Classification
+--------------
+
+Failures of the database count against the breaker; errors the client caused
+are ignored (neither failure nor success):
+
+- failures: connection errors (SQLSTATE class 08), ``TooManyConnectionsError``
+  and other insufficient resources (53), ``QueryCanceledError`` from a
+  statement timeout, ``AdminShutdownError``, ``CrashShutdownError``,
+  ``CannotConnectNowError`` (57), system errors (58), internal errors (XX),
+  ``asyncio.TimeoutError`` and ``OSError``;
+- ignored: every other SQL error (syntax, undefined table, unique or foreign-key
+  violation, data errors, serialization failures), asyncpg's
+  ``InterfaceError`` (misuse), bad arguments. Cancellation is no verdict.
+
+Configuration, per breaker section of the config file::
+
+    circuit_breakers:
+      database_pool:
+        preset: database
+        match: {db: ["postgresql://db:5432/incidents"]}
+        failure_sqlstates: ["08", "53", "57", "58", "XX", "40P01"]   # replaces the default list
+        ignore_sqlstates: ["57014"]   # statement timeouts do not count
+
+An ``otel_cb_classify`` plugin hook answering for a call decides first; a
+breaker's own ``ignore_exceptions`` and ``is_failure`` come next; then the
+SQLSTATE rules above. ``otel_cb_fallback`` can serve a value instead of an
+error. For a :class:`ResilientPool` pass ``rules=FailureRules(...)``.
+
+OpenTelemetry
+-------------
+
+With ``opentelemetry-instrumentation-asyncpg`` active, the breaker runs inside
+its database client span, which then carries ``circuit_breaker.name`` and
+``circuit_breaker.state`` and the breaker's events (rejections, transitions).
+``otel-cb-instrument`` orders the two; by hand, call ``otel_cb.instrument()``
+before ``AsyncPGInstrumentor().instrument()``.
+
+Patches are applied when asyncpg is imported; code that did
+``from asyncpg import connect`` before ``instrument()`` keeps the unpatched
+function (as with OpenTelemetry's instrumentors), but its connections are
+still protected. ``otel_cb.uninstrument()`` removes every patch.
+
+API
+---
+
+- :class:`ResilientPool`: an asyncpg pool behind one breaker, for hand wiring.
+- :class:`FailureRules` and ``DEFAULT_FAILURE_SQLSTATES``: the classification rules.
+- :func:`db_target`: a DSN or connection arguments as ``host:port/dbname``.
+- :func:`validate_settings`: checks a breaker's database config keys (the config loader calls it).
+- :func:`otel_cb_patches`: the plugin hook listing the patches.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .._breaker import CircuitBreaker, Permit
+from .._config import CircuitBreakerConfig
+from .._errors import CircuitOpenError
+from .._plugins import _log_once
+from .._registry import registry as _registry
+from .._routing import destination_name
+from .._state import CircuitState
+from ..plugin import Call, Patch, breaker_settings, classify, fallback, hookimpl, select_breaker
+from ._asyncpg_policy import DEFAULT_FAILURE_SQLSTATES, FailureRules, connection_target, db_target, validate_settings
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg import Connection
+
+__all__ = [
+    "DEFAULT_FAILURE_SQLSTATES",
+    "FailureRules",
+    "ResilientPool",
+    "db_target",
+    "otel_cb_patches",
+    "validate_settings",
+]
+
+T = TypeVar("T")
+Wrapped = Callable[..., Awaitable[Any]]
+
+# True while a protected database call (or a cleanup that must never be
+# refused) runs in this task: the patched methods it calls in turn (pool.fetch
+# -> acquire -> connection.fetch) pass straight through, so one user-level call
+# is judged once.
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.asyncpg.inside", default=False)
+_rules_cache: weakref.WeakKeyDictionary[CircuitBreaker, tuple[Mapping[str, Any], FailureRules]] = \
+    weakref.WeakKeyDictionary()
+_DEFAULT_RULES = FailureRules()
+_MAX_MEMO = 4096
+_calls: dict[tuple[str, str], Call] = {}
+_pool_targets: dict[tuple[object, ...], str] = {}
+_conn_targets: dict[tuple[object, object], str] = {}
+
+
+# -- the one protected-call path (patches and ResilientPool) ---------------------
+
+
+_annotate_span: Callable[[CircuitBreaker, CircuitState], None] | None = None
+
+
+def _annotate(breaker: CircuitBreaker, state: CircuitState) -> None:
+    global _annotate_span
+    try:
+        if _annotate_span is None:
+            from ..telemetry import annotate_current_span
+
+            _annotate_span = annotate_current_span
+        _annotate_span(breaker, state)
+    except Exception:
+        _log_once(("asyncpg", "annotate"), "otel-cb: annotating the database span failed", exc_info=True)
+
+
+def _rules_for(breaker: CircuitBreaker) -> FailureRules:
+    """The breaker's SQLSTATE rules from its config section, parsed once per section."""
+    section = breaker_settings(breaker.name)
+    if not section:
+        return _DEFAULT_RULES
+    cached = _rules_cache.get(breaker)
+    if cached is not None and cached[0] is section:
+        return cached[1]
+    try:
+        rules = FailureRules.from_settings(breaker.name, section)
+    except ValueError as exc:
+        _log_once(("asyncpg", breaker.name), "otel-cb: %s; using the default database rules", exc)
+        rules = _DEFAULT_RULES
+    _rules_cache[breaker] = (section, rules)
+    return rules
+
+
+def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc: BaseException) -> str:
+    """``failure``, ``ignore``, ``success`` (end of a cursor) or ``none`` (cancellation)."""
+    if not isinstance(exc, Exception):
+        return "none"
+    if isinstance(exc, StopAsyncIteration):
+        return "success"
+    verdict = classify(call, None, exc)
+    if verdict is not None:
+        return verdict
+    config = breaker.config
+    if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
+        return "ignore"
+    if config.is_failure is not None:
+        return "failure" if config.is_failure(exc) else "ignore"
+    return (rules or _rules_for(breaker)).verdict(exc)
+
+
+def _record(permit: Permit, verdict: str) -> None:
+    if verdict == "failure":
+        permit.record_failure()
+    elif verdict == "ignore":
+        permit.record_ignored()
+    elif verdict == "success":
+        permit.record_success()
+    else:
+        permit.release()
+
+
+def _serve_fallback(call: Call, breaker: CircuitBreaker, error: BaseException) -> object | None:
+    value = fallback(call, error)
+    if value is not None:
+        breaker._count_fallback(True)
+    return value
+
+
+async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | None,
+                     wrapped: Wrapped, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``wrapped(*args, **kwargs)`` as one call through ``breaker``."""
+    try:
+        permit = breaker.acquire()
+    except CircuitOpenError as exc:
+        _annotate(breaker, exc.state)
+        served = _serve_fallback(call, breaker, exc)
+        if served is None:
+            raise
+        return served
+    _annotate(breaker, breaker.state)
+    token = _INSIDE.set(True)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        verdict = _judge(call, breaker, rules, exc)
+        _record(permit, verdict)
+        if verdict == "failure":
+            served = _serve_fallback(call, breaker, exc)
+            if served is not None:
+                return served
+        raise
+    finally:
+        _INSIDE.reset(token)
+    hook_verdict = classify(call, result, None)
+    if hook_verdict is None:
+        permit.record_result(result)
+    else:
+        _record(permit, hook_verdict)
+    return result
+
+
+# -- auto-patching ----------------------------------------------------------------
+
+
+def _call(target: str, method: str) -> Call:
+    key = (target, method)
+    call = _calls.get(key)
+    if call is None:
+        if len(_calls) >= _MAX_MEMO:
+            _calls.clear()
+        call = _calls[key] = Call(kind="db", target=target, method=method)
+    return call
+
+
+def _connection_target(connection: Any) -> str:
+    addr = connection._addr
+    database = connection._params.database
+    key = (addr, database)
+    target = _conn_targets.get(key)
+    if target is None:
+        if len(_conn_targets) >= _MAX_MEMO:
+            _conn_targets.clear()
+        target = _conn_targets[key] = connection_target(addr, database)
+    return target
+
+
+def _arguments_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    dsn = args[0] if args else kwargs.get("dsn")
+    host, port, database = kwargs.get("host"), kwargs.get("port"), kwargs.get("database")
+    key = (dsn, repr(host), repr(port), database)
+    target = _pool_targets.get(key)
+    if target is None:
+        if len(_pool_targets) >= _MAX_MEMO:
+            _pool_targets.clear()
+        target = _pool_targets[key] = db_target(dsn, host=host, port=port, database=database)
+    return target
+
+
+def _target_of_connect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return _arguments_target(args, kwargs)
+
+
+def _target_of_pool(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return _arguments_target(instance._connect_args, instance._connect_kwargs)
+
+
+def _target_of_connection(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return _connection_target(instance)
+
+
+def _target_of_resource(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return _connection_target(instance._connection)
+
+
+TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], str]
+
+
+def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]:
+    """A wrapt wrapper that routes one database call to its breaker."""
+
+    async def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _INSIDE.get():
+            return await wrapped(*args, **kwargs)
+        try:
+            call = _call(target_of(instance, args, kwargs), method)
+            breaker = select_breaker(call)
+        except Exception:
+            # Never let our bookkeeping break the application's query.
+            _log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
+                      method, exc_info=True)
+            breaker = None
+        if breaker is None:
+            return await wrapped(*args, **kwargs)
+        return await _protected(call, breaker, None, wrapped, args, kwargs)
+
+    return wrapper
+
+
+async def _never_refused(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Cleanup (rollback, commit at block exit, reset on release) runs unguarded, never rejected."""
+    token = _INSIDE.set(True)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _INSIDE.reset(token)
+
+
+_QUERY_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fetchmany",
+                  "copy_from_table", "copy_from_query", "copy_to_table", "copy_records_to_table")
+_PREPARED_METHODS = ("fetch", "fetchval", "fetchrow", "fetchmany", "executemany", "explain")
+
+
+def _patches() -> list[Patch]:
+    patches = [
+        Patch("asyncpg", "connect", _protecting("connect", _target_of_connect), "asyncpg"),
+        Patch("asyncpg.connection", "connect", _protecting("connect", _target_of_connect), "asyncpg"),
+        Patch("asyncpg.pool", "Pool._initialize", _protecting("connect", _target_of_pool), "asyncpg"),
+        Patch("asyncpg.pool", "Pool._acquire", _protecting("acquire", _target_of_pool), "asyncpg"),
+        Patch("asyncpg.connection", "Connection.prepare", _protecting("prepare", _target_of_connection), "asyncpg"),
+        Patch("asyncpg.cursor", "Cursor._init", _protecting("cursor", _target_of_resource), "asyncpg"),
+        Patch("asyncpg.cursor", "CursorIterator.__anext__", _protecting("cursor_fetch", _target_of_resource),
+              "asyncpg"),
+    ]
+    for name in _QUERY_METHODS:
+        patches.append(Patch("asyncpg.pool", f"Pool.{name}", _protecting(name, _target_of_pool), "asyncpg"))
+        patches.append(Patch("asyncpg.connection", f"Connection.{name}", _protecting(name, _target_of_connection),
+                             "asyncpg"))
+    for name in _PREPARED_METHODS:
+        patches.append(Patch("asyncpg.prepared_stmt", f"PreparedStatement.{name}",
+                             _protecting(name, _target_of_resource), "asyncpg"))
+    for name in ("fetch", "fetchrow", "forward"):
+        patches.append(Patch("asyncpg.cursor", f"Cursor.{name}", _protecting(f"cursor_{name}", _target_of_resource),
+                             "asyncpg"))
+    for module, target in (("asyncpg.transaction", "Transaction.__aexit__"),
+                           ("asyncpg.transaction", "Transaction.commit"),
+                           ("asyncpg.transaction", "Transaction.rollback"),
+                           ("asyncpg.connection", "Connection.reset")):
+        patches.append(Patch(module, target, _never_refused, "asyncpg"))
+    return patches
+
+
+_PATCHES: list[Patch] = []
+
+
+@hookimpl
+def otel_cb_patches() -> list[Patch]:
+    """Patch asyncpg's connect, pools, connections, prepared statements and cursors."""
+    # Built once, so the same patches compare equal on every instrument() and
+    # the engine never applies one twice.
+    if not _PATCHES:
+        _PATCHES.extend(_patches())
+    return list(_PATCHES)
+
+
+# -- hand wiring --------------------------------------------------------------------
+
+
+class ResilientPool:
+    """An asyncpg pool whose every operation goes through one circuit breaker.
+
+    Build it with :meth:`create`. Each operation takes a connection from the
+    pool, runs, and gives the connection back; it is one breaker call. While
+    the breaker is open, operations raise ``CircuitOpenError`` without taking
+    a connection or sending anything.
+
+    Args:
+        pool: An initialised ``asyncpg.Pool``.
+        breaker: The breaker guarding it.
+        target: The database as ``host:port/dbname`` (what hooks see).
+        rules: Which errors are failures; the breaker's config section (or the
+            defaults) when None.
+        acquire_timeout: Seconds to wait for a free connection; running out
+            is a failure (None: wait as long as it takes).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, breaker: CircuitBreaker, target: str,
+                 rules: FailureRules | None = None, acquire_timeout: float | None = None) -> None:
+        self._pool = pool
+        self._breaker = breaker
+        self._rules = rules
+        self._acquire_timeout = acquire_timeout
+        self.target = target
+
+    @classmethod
+    async def create(cls, dsn: str | None = None, *, breaker: CircuitBreaker | None = None,
+                     rules: FailureRules | None = None, acquire_timeout: float | None = None,
+                     **pool_kwargs: Any) -> ResilientPool:
+        """Create and start an asyncpg pool guarded by ``breaker``.
+
+        Args:
+            dsn: As for ``asyncpg.create_pool``.
+            breaker: The breaker to use. When None: the one ``otel-cb``'s
+                routing picks for this database if instrumented, else the
+                registry's breaker ``db://host:port/dbname`` (``database`` preset).
+            rules: See the class.
+            acquire_timeout: See the class.
+            **pool_kwargs: Passed to ``asyncpg.create_pool`` (``min_size``,
+                ``max_size``, ``command_timeout``, ``server_settings``...).
+
+        Raises:
+            CircuitOpenError: the breaker is open; no connection was attempted.
+            Exception: whatever starting the pool raised (the breaker counts it).
+        """
+        import asyncpg
+
+        target = db_target(dsn, host=pool_kwargs.get("host"), port=pool_kwargs.get("port"),
+                           database=pool_kwargs.get("database"))
+        if breaker is None:
+            call = _call(target, "connect")
+            breaker = select_breaker(call) or _registry.get(destination_name(call)) or \
+                _registry.get_or_create(destination_name(call), CircuitBreakerConfig.preset("database"))
+        pool = asyncpg.create_pool(dsn, **pool_kwargs)
+
+        async def start() -> asyncpg.Pool:
+            return await pool
+
+        await _protected(_call(target, "connect"), breaker, rules, start, (), {})
+        return cls(pool, breaker=breaker, target=target, rules=rules, acquire_timeout=acquire_timeout)
+
+    # -- CircuitProtected ---------------------------------------------------
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker:
+        """The breaker guarding this pool."""
+        return self._breaker
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        """That breaker's current state."""
+        return self._breaker.state
+
+    @property
+    def is_healthy(self) -> bool:
+        """True while the breaker is closed."""
+        return self._breaker.is_closed
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The underlying asyncpg pool (unprotected)."""
+        return self._pool
+
+    # -- operations -----------------------------------------------------------
+
+    async def run(self, method: str, operation: Callable[[Connection[Any]], Awaitable[T]]) -> T:
+        """Run ``operation(connection)`` as one breaker call named ``method`` (what hooks see)."""
+
+        async def work() -> T:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+                # A pool hands out a proxy that behaves as (and isinstance-checks as) a Connection.
+                return await operation(cast("Connection[Any]", connection))
+
+        result: T = await _protected(_call(self.target, method), self._breaker, self._rules, work, (), {})
+        return result
+
+    async def execute(self, operation: str | Callable[[Connection[Any]], Awaitable[T]], *args: Any,
+                      timeout: float | None = None) -> Any:
+        """Run SQL (``pool.execute("DELETE ...", *args)``) or a function of a connection.
+
+        ``await pool.execute(lambda conn: conn.fetch("SELECT ..."))`` runs the
+        function with a connection from the pool and returns what it returns.
+        """
+        if isinstance(operation, str):
+            query = operation
+            return await self.run("execute", lambda conn: conn.execute(query, *args, timeout=timeout))
+        return await self.run("execute", operation)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        """``Connection.fetch`` through the breaker."""
+        return await self.run("fetch", lambda conn: conn.fetch(query, *args, timeout=timeout))
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
+        """``Connection.fetchrow`` through the breaker."""
+        return await self.run("fetchrow", lambda conn: conn.fetchrow(query, *args, timeout=timeout))
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        """``Connection.fetchval`` through the breaker."""
+        return await self.run("fetchval", lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout))
+
+    async def transaction(self, operation: Callable[[Connection[Any]], Awaitable[T]], *,
+                          isolation: str | None = None, readonly: bool = False, deferrable: bool = False) -> T:
+        """Run ``operation(connection)`` inside a transaction, as one breaker call.
+
+        The transaction commits when ``operation`` returns and rolls back when
+        it raises; either way the connection goes back to the pool.
+        """
+
+        async def in_transaction(connection: Connection[Any]) -> T:
+            async with connection.transaction(isolation=isolation, readonly=readonly,  # type: ignore[arg-type]
+                                              deferrable=deferrable):
+                return await operation(connection)
+
+        return await self.run("transaction", in_transaction)
+
+    async def close(self) -> None:
+        """Close the pool gracefully (never refused by the breaker)."""
+        token = _INSIDE.set(True)
+        try:
+            await self._pool.close()
+        finally:
+            _INSIDE.reset(token)

@@ -1,0 +1,109 @@
+"""The ``shared_state:`` configuration section: validation, and one backend per setting.
+
+``from_config`` is the door the configuration-file loader uses; it hands out
+one ``RedisSharedState`` per distinct setting, so every breaker configured
+with the same Redis and namespace shares one connection pool and one pair of
+threads. Errors name the field, the value (credentials masked) and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .._config import parse_duration
+
+if TYPE_CHECKING:
+    from ._redis import RedisSharedState
+
+__all__ = ["check_settings", "from_config", "validate_settings", "FIELDS"]
+
+FIELDS = ("backend", "url", "namespace", "timeout", "flush_interval", "sync_interval", "probe_lease",
+          "retry_interval")
+_DURATIONS = FIELDS[3:]
+_SCHEMES = ("redis", "rediss", "unix")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_instances: dict[tuple[Any, ...], RedisSharedState] = {}
+_instances_lock = threading.Lock()
+
+
+def from_config(mapping: Mapping[str, Any]) -> RedisSharedState:
+    """Validate a ``shared_state:`` section and return the backend for it.
+
+    The section is ``{backend: redis, url: redis://host:6379/0, namespace: name}``
+    plus, optionally, ``timeout``, ``flush_interval``, ``sync_interval``,
+    ``probe_lease`` and ``retry_interval`` (seconds, or strings such as
+    ``"50ms"``). Equal sections return the same ``RedisSharedState``; call
+    ``attach(breaker)`` on it for each breaker the section applies to.
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    url, namespace, durations = _parse(mapping)
+    key = (url, namespace, *sorted(durations.items()))
+    with _instances_lock:
+        instance = _instances.get(key)
+        if instance is None or instance._closed:
+            from ._redis import RedisSharedState
+
+            instance = _instances[key] = RedisSharedState(url, namespace=namespace, client=None, **durations)
+        return instance
+
+
+def validate_settings(name: str, section: Mapping[str, Any]) -> None:
+    """Check the ``shared_state`` key of breaker ``name``'s config section, without
+    connecting anywhere; the configuration loader calls this.
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    if section.get("shared_state") is not None:
+        _parse(section["shared_state"])
+
+
+def _parse(mapping: object) -> tuple[str, str, dict[str, float]]:
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"shared_state: {mapping!r} is not allowed; use a mapping with backend, url and namespace")
+    unknown = sorted(str(key) for key in mapping if key not in FIELDS)
+    if unknown:
+        raise ValueError(f"shared_state.{unknown[0]}: unknown field; allowed: {', '.join(FIELDS)}")
+    backend = mapping.get("backend")
+    if backend != "redis":
+        raise ValueError(f"shared_state.backend: {backend!r} is not allowed; use 'redis'")
+    if "url" not in mapping:
+        raise ValueError("shared_state.url: missing; use a redis://, rediss:// or unix:// URL")
+    url = mapping["url"]
+    namespace = mapping.get("namespace", "default")
+    durations = {name: parse_duration(f"shared_state.{name}", mapping[name]) for name in _DURATIONS if name in mapping}
+    check_settings(url=url, namespace=namespace, has_client=False, **durations)
+    return url, namespace, durations
+
+
+def check_settings(*, url: object, namespace: object, has_client: bool, **durations: object) -> None:
+    """Raise ``ValueError`` naming the first bad setting of a ``RedisSharedState``."""
+    if not has_client:
+        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+            raise ValueError(f"shared_state.url: {_mask(url)!r} is not allowed; "
+                             "use a redis://, rediss:// or unix:// URL")
+    elif url is not None:
+        raise ValueError(f"shared_state.url: {_mask(url)!r} is not allowed together with client; pass one of them")
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise ValueError(f"shared_state.namespace: {namespace!r} is not allowed; use 1 to 100 letters, digits "
+                         "or any of '_.:-'")
+    for name, value in durations.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600:
+            raise ValueError(f"shared_state.{name}: {value!r} is not allowed; use a duration above 0 and below 1h")
+
+
+def _mask(url: object) -> object:
+    """The URL with any user name and password replaced, for error messages."""
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()

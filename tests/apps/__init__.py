@@ -1,0 +1,1 @@
+"""Small real applications that the subprocess tests run under otel-cb-instrument."""

@@ -1,0 +1,1 @@
+"""The same application, run with ``python -m cbapp``."""

@@ -1,0 +1,3 @@
+from app_basic import main
+
+main()

@@ -1,0 +1,3 @@
+"""A plugin that fails to import: otel-cb must log it once and carry on."""
+
+raise ImportError("otel_cb_testplugin.broken_import is broken on purpose")
