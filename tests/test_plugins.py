@@ -45,7 +45,8 @@ def test_contract_shapes() -> None:
 def test_every_hookspec_is_documented_and_firstresult_where_promised() -> None:
     specs = {name: fn for name, fn in vars(hookspecs).items() if name.startswith("otel_cb_")}
     assert set(specs) == {
-        "otel_cb_configure", "otel_cb_register_breakers", "otel_cb_patches", "otel_cb_select_breaker",
+        "otel_cb_breaker_defaults", "otel_cb_configure", "otel_cb_register_breakers", "otel_cb_patches",
+        "otel_cb_select_breaker",
         "otel_cb_classify", "otel_cb_fallback", "otel_cb_state_change",
     }
     assert set(hookspecs.__all__) == set(specs)

@@ -42,10 +42,15 @@ def plugin_site(tmp_root: Path) -> Path:
 def base_env(*pythonpath: Path | str, **extra: str) -> dict[str, str]:
     """The environment of a test run: no inherited OTEL_* settings, no exporters, loopback only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+    # The service plugins (plugins/, installed beside otel-cb) are tested on their own
+    # (tests/test_services.py); these apps exercise the engine with only the integrations.
     env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+               OTEL_CB_DISABLED="sentinel,shield,edge_agent,db",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    if "OTEL_CB_DISABLED" in extra:
+        extra = {**extra, "OTEL_CB_DISABLED": f"{extra['OTEL_CB_DISABLED']},{env['OTEL_CB_DISABLED']}"}
     env.update(extra)
     return env
 

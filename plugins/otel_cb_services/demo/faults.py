@@ -41,6 +41,7 @@ class FaultScript:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._flap = 0
+        self._held: str | None = None
 
     @classmethod
     def parse(cls, text: str, *, slow_seconds: float = 1.0) -> FaultScript:
@@ -61,8 +62,16 @@ class FaultScript:
     def restart(self) -> None:
         self._start = time.monotonic()
 
+    def hold(self, phase: str | None) -> None:
+        """Stay in ``phase`` until told otherwise (None: follow the script again); for tests."""
+        if phase is not None and phase not in PHASES:
+            raise ValueError(f"phase: {phase!r} is not a phase; use one of {', '.join(PHASES)}")
+        self._held = phase
+
     def current(self) -> str:
         """The phase now; the last phase holds once the script has run out."""
+        if self._held is not None:
+            return self._held
         elapsed = time.monotonic() - self._start
         for phase in self.phases:
             if elapsed < phase.seconds:

@@ -40,6 +40,7 @@ class _SentinelHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _faulted(self) -> bool:
+        self.server.requests += 1
         fail, delay = self.server.script.verdict()
         if delay:
             time.sleep(delay)
@@ -81,6 +82,7 @@ class _SentinelServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _SentinelHandler)
         self.script = script
         self.sequence = 0
+        self.requests = 0  # every alerts or analyze request that reached Sentinel
 
 
 class _Shield(shield_pb2_grpc.ShieldServiceServicer):
@@ -215,6 +217,11 @@ class Services:
     @property
     def sentinel_url(self) -> str:
         return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    @property
+    def sentinel_requests(self) -> int:
+        """How many alerts and analyze requests reached Sentinel."""
+        return self._http.requests
 
     @property
     def shield_target(self) -> str:
