@@ -19,7 +19,7 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_is_clean() -> None:
-    result = run("mypy", "otel_cb")
+    result = run("mypy", "otel_cb", "plugins/otel_cb_services")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

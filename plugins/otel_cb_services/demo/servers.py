@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 
 from ..protos import edge_pb2, edge_pb2_grpc, shield_pb2, shield_pb2_grpc
 from .faults import FaultScript
