@@ -280,6 +280,32 @@ def test_breakers_made_before_enable_are_reported(otel: Otel, clock: FakeClock) 
     assert otel.points("circuit_breaker.call.duration", name)[key(outcome="success")].count == 1
 
 
+class _SharedStub:
+    """The part of a shared-state backend telemetry reads (``RedisSharedState`` has the same property)."""
+
+    running_locally = False
+
+    def on_outcome(self, failed: bool, slow: bool) -> None: ...
+    def on_transition(self, event: object) -> None: ...
+    def acquire_probe(self) -> bool:
+        return True
+
+    def release_probe(self) -> None: ...
+
+
+def test_breakers_on_local_state_are_marked(otel: Otel, clock: FakeClock) -> None:
+    shared_name, local_name = unique("shared"), unique("local")
+    shared = CircuitBreaker(shared_name, clock=clock)
+    plain = CircuitBreaker(local_name, clock=clock)
+    stub = _SharedStub()
+    shared._shared = stub
+    assert otel.points("circuit_breaker.shared_state.local", shared_name) == {(): 0}
+    stub.running_locally = True  # the store became unreachable
+    assert otel.points("circuit_breaker.shared_state.local", shared_name) == {(): 1}
+    assert otel.points("circuit_breaker.shared_state.local", local_name) == {}
+    del plain
+
+
 def test_instruments_use_scope_otel_cb_with_the_package_version(otel: Otel, clock: FakeClock) -> None:
     breaker = CircuitBreaker(unique("scope"), clock=clock)
     breaker.force_open()

@@ -174,6 +174,11 @@ class _Telemetry:
             "circuit_breaker.transitions", [self._observe_transitions], unit="{transition}",
             description="State transitions by previous state, state and reason",
         )
+        meter.create_observable_gauge(
+            "circuit_breaker.shared_state.local", [self._observe_local], unit="{breaker}",
+            description="For breakers with shared state (otel_cb.shared): 1 while running on local state "
+                        "because the shared store is unreachable, else 0",
+        )
 
     def _callback(self, extract: _Extract, add: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -197,6 +202,18 @@ class _Telemetry:
             for (previous, state, reason), count in counts.items():
                 key = ((ATTR_NAME, name), (ATTR_PREVIOUS_STATE, previous), (ATTR_STATE, state), (ATTR_REASON, reason))
                 _merge(series, key, count, True)
+        return _observations(series)
+
+
+    def _observe_local(self, options: CallbackOptions) -> Iterable[Observation]:
+        if not self.enabled:
+            return []
+        series: _Series = {}
+        for breaker in live_breakers():
+            shared = breaker._shared
+            if shared is not None:  # only breakers that share state have this series
+                _merge(series, ((ATTR_NAME, breaker.name),), float(bool(getattr(shared, "running_locally", False))),
+                       False)
         return _observations(series)
 
 
