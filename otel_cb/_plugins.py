@@ -68,7 +68,7 @@ _logged_lock = threading.Lock()
 def _log_once(key: tuple[str, str], message: str, *args: object, exc_info: bool = False) -> None:
     """Log at WARNING the first time for ``key``, then at DEBUG, so a broken plugin cannot flood logs.
 
-    Shared with the integrations (grpc, asyncpg), which contain their own faults the same way.
+    Shared with the integrations (httpx, grpc, asyncpg), which contain their own faults the same way.
     """
     with _logged_lock:
         first = key not in _logged

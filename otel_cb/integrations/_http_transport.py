@@ -13,8 +13,6 @@ when httpx is in use.
 from __future__ import annotations
 
 import contextvars
-import logging
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -23,6 +21,7 @@ import httpx
 
 from .._breaker import CircuitBreaker, Permit
 from .._errors import CircuitOpenError
+from .._plugins import _log_once
 from .._state import CircuitState
 from ..plugin import Call, breaker_settings, classify, fallback, select_breaker
 from ..telemetry import annotate_current_span
@@ -58,9 +57,6 @@ _NO_KWARGS: dict[str, Any] = {}
 # Set while a protected request runs, so a patched transport inside a
 # hand-wired CircuitBreakerTransport does not guard the same request twice.
 _GUARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.httpx.guarded", default=False)
-logger = logging.getLogger("otel_cb")
-_logged: set[tuple[str, str]] = set()
-_logged_lock = threading.Lock()
 _settings_cache: weakref.WeakKeyDictionary[CircuitBreaker, tuple[Mapping[str, Any], HTTPSettings]] = \
     weakref.WeakKeyDictionary()
 
@@ -84,15 +80,6 @@ class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float | None]]:
         return (type(self), (self.name, self.state, self.retry_after))
-
-
-def _log_once(key: tuple[str, str], message: str, *args: object, exc_info: bool = False) -> None:
-    """Log a contained fault at WARNING once per ``key``, then at DEBUG: a fault on the request
-    path must neither break the request nor flood the host's logs."""
-    with _logged_lock:
-        first = key not in _logged
-        _logged.add(key)
-    logger.log(logging.WARNING if first else logging.DEBUG, message, *args, exc_info=exc_info)
 
 
 def describe(request: httpx.Request) -> Call:
