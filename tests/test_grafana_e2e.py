@@ -137,7 +137,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             assert server.poll() is None, (work / "prometheus.log").read_text()
             try:
                 return prom.get("/api/v1/status/buildinfo")["status"] == "success"
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or a plain-text 503 while it starts
                 return False
 
         wait_for(ready, "prometheus to start", deadline)
