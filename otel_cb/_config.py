@@ -326,7 +326,8 @@ def _check_range(name: str, value: object, low: float, high: float, allowed: str
 def _check_seconds(name: str, value: object, *, allow_none: bool, maximum: float = MAX_SECONDS) -> None:
     if value is None and allow_none:
         return
-    allowed = "a positive, finite number of seconds" + (" or None" if allow_none else "") + f", at most {_seconds(maximum)}"
+    allowed = "a positive, finite number of seconds" + (" or None" if allow_none else "")
+    allowed += f", at most {_seconds(maximum)}"
     if not _is_number(value) or not 0 < value <= maximum:  # type: ignore[operator]
         raise ValueError(f"{name}: {shown(value)} is not allowed; use {allowed}")
 

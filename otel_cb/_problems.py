@@ -20,6 +20,14 @@ from ._redact import mask, shown
 __all__ = ["Collector", "Problem", "Problems", "did_you_mean", "unknown_key"]
 
 
+_MAX_MESSAGE = 1000
+
+
+def _bounded(text: str, limit: int) -> str:
+    # A validator that printed a value in full must still not print megabytes.
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One validation error: where it is and what is wrong (naming value and what is allowed)."""
@@ -29,8 +37,8 @@ class Problem:
 
     def __post_init__(self) -> None:
         # The single door every problem passes: nothing it says can leak a secret.
-        object.__setattr__(self, "location", mask(self.location))
-        object.__setattr__(self, "message", mask(self.message))
+        object.__setattr__(self, "location", _bounded(mask(self.location), 300))
+        object.__setattr__(self, "message", _bounded(mask(self.message), _MAX_MESSAGE))
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"

@@ -36,7 +36,7 @@ from typing import Any
 
 from ._config import MAX_COUNT, CircuitBreakerConfig, config_from_dict
 from ._problems import Collector as _Collector
-from ._problems import Problem, did_you_mean, unknown_key
+from ._problems import Problem, unknown_key
 from ._redact import shown
 
 __all__ = [
@@ -120,13 +120,13 @@ class Settings:
 # -- finding and reading ----------------------------------------------------------
 
 
-MAX_FILE_BYTES = 1 << 20
-"""A config file larger than this (1 MiB) is refused unread."""
+MAX_FILE_BYTES = 128 * 1024
+"""A config file larger than this (128 KiB) is refused unread: reading one that size takes well under a second."""
 MAX_DEPTH = 50
 """Deepest nesting of mappings and lists a config may have."""
-MAX_VALUES = 100_000
+MAX_VALUES = 50_000
 """Most values (keys, scalars, collections) a config may hold, counted after YAML aliases are expanded."""
-MAX_BREAKERS = 10_000
+MAX_BREAKERS = 2_000
 """Most named sections ``circuit_breakers:`` may hold."""
 
 
@@ -242,12 +242,12 @@ def _read_toml(source: str, text: str, pyproject: bool) -> Any:
 
 
 def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], int]]:
-    """Parse once (the C loader when PyPI's wheel has it), bounded in depth before anything is built."""
+    """Parse once, with libyaml (PyYAML's C loader) when present: it also refuses nesting beyond 1000 levels."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = _compose(loader, source)
+        node = loader.get_single_node()
         lines: dict[tuple[str, ...], int] = {}
         if node is None:
             return {}, lines
@@ -258,7 +258,11 @@ def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], in
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = str(getattr(exc, "problem", None) or exc).strip()
         raise ConfigError(source, [Problem(where, f"not valid YAML: {problem}")]) from None
-    except (ValueError, OverflowError, RecursionError) as exc:
+    except RecursionError:
+        # The pure-Python composer recurses per level; libyaml stops at 1000 levels by itself.
+        raise ConfigError(source, [Problem(source, f"nested more than {MAX_DEPTH} levels deep; that is the "
+                                                   "limit")]) from None
+    except (ValueError, OverflowError) as exc:
         # int() of a number with thousands of digits, a malformed timestamp, ...
         raise ConfigError(source, [Problem(source, f"not valid YAML: {shown(str(exc), 120)[1:-1]}")]) from None
     finally:
@@ -266,84 +270,14 @@ def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], in
     return ({} if data is None else data), lines
 
 
-def _compose(loader: Any, source: str) -> Any:
-    """PyYAML's composer without its recursion: the node tree, at most ``MAX_DEPTH`` deep, no recursive alias."""
-    import yaml
-
-    anchors: dict[str, Any] = {}
-    stack: list[list[Any]] = []  # [node, pending mapping key or None]
-    open_nodes: set[int] = set()
-    root: Any = None
-    documents = 0
-
-    def fail(event: Any, message: str) -> ConfigError:
-        return ConfigError(source, [Problem(f"{source}:{event.start_mark.line + 1}", message)])
-
-    def attach(node: Any) -> None:
-        nonlocal root
-        if not stack:
-            root = node
-            return
-        parent = stack[-1]
-        if isinstance(parent[0], yaml.SequenceNode):
-            parent[0].value.append(node)
-        elif parent[1] is None:
-            parent[1] = node
-        else:
-            parent[0].value.append((parent[1], node))
-            parent[1] = None
-
-    while loader.check_event():
-        event = loader.get_event()
-        if isinstance(event, yaml.DocumentStartEvent):
-            documents += 1
-            if documents > 1:
-                raise fail(event, "not valid YAML: more than one document; a config is one document")
-            continue
-        if isinstance(event, yaml.AliasEvent):
-            target = anchors.get(event.anchor)
-            if target is None:
-                raise fail(event, f"not valid YAML: alias *{event.anchor} names no anchor")
-            if id(target) in open_nodes:
-                raise fail(event, f"alias *{event.anchor} refers to a value that contains it (a recursive alias); "
-                           "not allowed")
-            attach(target)
-        elif isinstance(event, yaml.ScalarEvent):
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
-            if event.anchor is not None:
-                anchors[event.anchor] = node
-            attach(node)
-        elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            if len(stack) >= MAX_DEPTH:
-                raise fail(event, f"nested more than {MAX_DEPTH} levels deep; that is the limit")
-            kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = loader.resolve(kind, None, event.implicit)
-            node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
-            if event.anchor is not None:
-                anchors[event.anchor] = node
-            attach(node)
-            stack.append([node, None])
-            open_nodes.add(id(node))
-        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            node = stack.pop()[0]
-            node.end_mark = event.end_mark
-            open_nodes.discard(id(node))
-    return root
-
-
 def _collect_lines(node: Any, path: tuple[str, ...], lines: dict[tuple[str, ...], int], seen: list[int]) -> None:
     import yaml
 
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.MappingNode) and len(path) < MAX_DEPTH:
         for key, value in node.value:
             seen[0] += 1
             if seen[0] > MAX_VALUES:
-                return  # the size check reports it; lines of the rest do not matter
+                return  # aliases expanding without end: the size check reports it, its lines do not matter
             child = (*path, str(key.value)[:200])
             lines.setdefault(child, key.start_mark.line + 1)
             _collect_lines(value, child, lines, seen)
