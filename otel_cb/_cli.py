@@ -215,7 +215,8 @@ def _plugins(options: argparse.Namespace) -> int:
     # The table says why a plugin failed; the warnings would repeat it.
     logging.getLogger("otel_cb").setLevel(logging.ERROR)
     value = options.disable if options.disable is not None else os.environ.get("OTEL_CB_DISABLED", "")
-    print(_plugins.format_plugins(_plugins.discover(None, {n.strip() for n in value.split(",") if n.strip()})))
+    infos = _plugins.discover(None, {n.strip() for n in value.split(",") if n.strip()})
+    print(mask(_plugins.format_plugins(infos)))
     return 0
 
 

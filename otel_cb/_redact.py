@@ -6,7 +6,8 @@ already written): the user-info part of any URL (``redis://user:pw@host``
 becomes ``redis://***@host``) and the value of any password-like parameter
 (``?password=...``, ``token=...``, libpq's ``password=...``) are replaced by
 ``***``. Masking works on text, not on parsed URLs, so a malformed URL
-(``redis://u:pw@[::1``) is masked as well as a valid one.
+(``redis://u:pw@[::1``) is masked as well as a valid one. ``origin()`` is
+the stricter form for announcing an endpoint: scheme, host and port only.
 
 Log records of otel-cb's loggers (``LOGGERS``) pass through ``MaskingFilter``,
 installed on import of this module (``otel_cb._config`` imports it, so
@@ -19,7 +20,7 @@ import logging
 import re
 import reprlib
 
-__all__ = ["LOGGERS", "MaskingFilter", "mask", "shown"]
+__all__ = ["LOGGERS", "MaskingFilter", "mask", "origin", "shown"]
 
 # scheme://userinfo@  (userinfo: anything up to the last '@' before the host part ends)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"@]*@)+")
@@ -44,6 +45,15 @@ def mask(text: str) -> str:
     if "=" in text:
         text = _PARAM.sub(r"\g<name>\g<sep>***", text)
     return text
+
+
+def origin(url: str) -> str:
+    """Only ``scheme://host[:port]`` of ``url``: no credentials, path or query (where an endpoint is announced)."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    hostport = rest.partition("/")[0].partition("?")[0].partition("#")[0].rpartition("@")[2]
+    return f"{scheme}://{hostport}" if scheme else hostport
 
 
 class _BoundedRepr(reprlib.Repr):
