@@ -92,7 +92,7 @@ def _exporter_problem(options: argparse.Namespace, env: Mapping[str, str]) -> st
         if value is None:
             continue
         for name in (n.strip() for n in value.split(",")):
-            if name and name not in allowed[kind]:
+            if name and name.lower() not in allowed[kind]:
                 return f"{label}: {shown(name)} is not an exporter; use one or more of {', '.join(allowed[kind])}"
     return None
 

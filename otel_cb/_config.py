@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import math
@@ -358,7 +359,8 @@ def _check_exception_types(name: str, value: object) -> None:
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _MAX_EXCEPTION_NAMES = 100
 # Standard-library modules whose import does something visible; every other one is safe to import to check.
-_NO_IMPORT = frozenset({"this", "antigravity", "idlelib", "turtle", "turtledemo", "tkinter", "webbrowser", "pydoc"})
+_NO_IMPORT = frozenset({"this", "antigravity", "__hello__", "__phello__", "idlelib", "turtle", "turtledemo", "tkinter",
+                        "webbrowser", "pydoc"})
 
 
 def _resolve_exception_types(name: str, value: object, import_modules: bool) -> ExceptionTypes:
@@ -386,17 +388,18 @@ def _exception_type(name: str, item: object, import_modules: bool) -> type[BaseE
         module_name, _, attr = item.rpartition(".")
         module_name = module_name or "builtins"
         module = sys.modules.get(module_name)
-        top = module_name.partition(".")[0]
-        if module is None and not import_modules and not (top in sys.stdlib_module_names and top not in _NO_IMPORT):
-            _check_exists_unimported(name, item, module_name, attr)
-            return Exception  # stands in: checking only, see config_from_dict
         if module is None:
+            # Found and read first, never run: a name that is not there is an error without importing anything.
+            _check_exists_unimported(name, item, module_name, attr)
+            top = module_name.partition(".")[0]
+            if not import_modules and not (top in sys.stdlib_module_names and top not in _NO_IMPORT):
+                return Exception  # stands in: checking only, see config_from_dict
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:
                 raise ValueError(f"{name}: {shown(item)} does not name an importable exception class (importing "
-                                 f"{module_name} failed: "
-                                 f"({type(exc).__name__}: {shown(str(exc), 120)[1:-1]})") from None
+                                 f"{module_name} failed: {type(exc).__name__}: {shown(str(exc), 120)[1:-1]})"
+                                 ) from None
         candidate = getattr(module, attr, None)
         if candidate is None:
             raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
@@ -429,21 +432,20 @@ def _check_exists_unimported(name: str, item: str, module_name: str, attr: str) 
             raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
                              f"(no module named {prefix})")
     assert spec is not None
-    origin = spec.origin
-    if not origin or not origin.endswith(".py"):
-        return  # an extension or namespace module: existence is all that can be known without importing
-    try:
-        with open(origin, "rb") as source:
-            tree = ast.parse(source.read(2_000_000), origin)
-    except (OSError, SyntaxError, ValueError):
-        return  # importing it would say what is wrong; checking cannot
-    if _defines(tree, attr) is False:
+    names = _module_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    if names is not None and attr not in names and "__getattr__" not in names:
         raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
                          f"(module {module_name} has no attribute {attr})")
 
 
-def _defines(tree: ast.Module, attr: str) -> bool | None:
-    """Whether a module's source binds ``attr`` at module level; None when that cannot be known statically."""
+@functools.lru_cache(maxsize=64)
+def _module_names(origin: str) -> frozenset[str] | None:
+    """The names a module's source binds at module level; None when that cannot be known without running it."""
+    try:
+        with open(origin, "rb") as source:
+            tree = ast.parse(source.read(2_000_000), origin)
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None  # importing it would say what is wrong; reading cannot
     names: set[str] = set()
     pending: list[ast.AST] = list(tree.body)
     while pending:
@@ -466,4 +468,4 @@ def _defines(tree: ast.Module, attr: str) -> bool | None:
                 "globals", "setattr", "exec", "vars"):
             return None
         pending.extend(ast.iter_child_nodes(node))
-    return "__getattr__" in names or attr in names
+    return frozenset(names)

@@ -24,7 +24,8 @@ _MAX_MESSAGE = 1000
 
 
 def _bounded(text: str, limit: int) -> str:
-    # A validator that printed a value in full must still not print megabytes.
+    # A validator that printed a value in full must still not print megabytes, nor break the one-line promise.
+    text = " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -232,7 +232,7 @@ def _read_toml(source: str, text: str, pyproject: bool) -> Any:
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ConfigError(source, [Problem(source, f"not valid TOML: {exc}")]) from None
+        raise ConfigError(source, [Problem(source, f"not valid TOML: {_parse_error(exc)}")]) from None
     except RecursionError:
         raise ConfigError(source, [Problem(source, f"nested more than {MAX_DEPTH} levels deep")]) from None
     if pyproject or "tool" in data:
@@ -264,10 +264,17 @@ def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], in
                                                    "limit")]) from None
     except (ValueError, OverflowError) as exc:
         # int() of a number with thousands of digits, a malformed timestamp, ...
-        raise ConfigError(source, [Problem(source, f"not valid YAML: {shown(str(exc), 120)[1:-1]}")]) from None
+        raise ConfigError(source, [Problem(source, f"not valid YAML: {_parse_error(exc)}")]) from None
     finally:
         loader.dispose()
     return ({} if data is None else data), lines
+
+
+def _parse_error(exc: Exception) -> str:
+    text = str(exc)
+    if "integer string conversion" in text:
+        return "a number of thousands of digits; no setting takes one"
+    return text[:200]
 
 
 def _collect_lines(node: Any, path: tuple[str, ...], lines: dict[tuple[str, ...], int], seen: list[int]) -> None:

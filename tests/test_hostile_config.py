@@ -148,13 +148,22 @@ def test_checking_imports_no_module_the_config_names(tmp_path: Path, capsys: pyt
 
 
 def test_a_module_that_raises_on_import_is_a_config_error(tmp_path: Path) -> None:
-    (tmp_path / "raising_mod.py").write_text("raise RuntimeError('boom')\n")
+    # Its source defines E, so only importing it can tell: instrument() does, and says what went wrong.
+    (tmp_path / "raising_mod.py").write_text("class E(Exception):\n    pass\n\nraise RuntimeError('boom')\n")
     sys.path.insert(0, str(tmp_path))
     try:
         message = instrument_error(tmp_path, "circuit_breakers:\n  b:\n    record_exceptions: [raising_mod.E]\n")
         assert "record_exceptions" in message and "RuntimeError" in message
     finally:
         sys.path.remove(str(tmp_path))
+        sys.modules.pop("raising_mod", None)
+
+
+def test_instrument_does_not_import_a_module_lacking_the_name(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    message = instrument_error(tmp_path, "circuit_breakers:\n  b:\n    record_exceptions: [this.Nope]\n")
+    assert "this.Nope" in message and "has no attribute Nope" in message
+    assert "this" not in sys.modules and "Beautiful" not in capsys.readouterr().out
 
 
 # -- YAML and data shape ---------------------------------------------------------------------
