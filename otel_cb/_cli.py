@@ -80,6 +80,9 @@ _EXPORTER_VARIABLES = (("traces_exporter", "OTEL_TRACES_EXPORTER", "traces"),
 
 def _exporter_problem(options: argparse.Namespace, env: Mapping[str, str]) -> str | None:
     """The first exporter name the telemetry set-up would refuse, as a one-line error; None when all are known."""
+    if not any((option and getattr(options, option)) or env.get(variable) for option, variable, _ in
+               _EXPORTER_VARIABLES):
+        return None  # nothing named: no need to import the SDK to know the names
     try:
         from .telemetry._configure import _METRICS_EXPORTERS, _TRACES_EXPORTERS
     except ImportError:
@@ -226,7 +229,7 @@ def _config_check(options: argparse.Namespace) -> int:
     path: str = options.path
     try:
         # Nothing the config names is imported: checking a file runs none of its modules' code.
-        settings = load(path, import_modules=False, label="PATH")
+        settings = load(path, import_modules=False, label="otel-cb config check")
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -16,7 +16,13 @@ integration keys (``failure_statuses``, ``fallback``, ``failure_codes``,
 ``shared_state``) by each integration's ``validate_settings(name, section)``
 when that integration is importable. Every problem is reported with its
 location (file, line for YAML, and the key path); validation collects all of
-them rather than stopping at the first.
+them rather than stopping at the first (the collector, ``Problems`` and the
+"did you mean" suggestions live in ``_problems``; value masking in ``_redact``).
+
+Reading is bounded (``MAX_FILE_BYTES``, ``MAX_DEPTH``, ``MAX_VALUES`` with YAML
+aliases expanded, ``MAX_BREAKERS``), and YAML is parsed once, with libyaml
+when installed, so hostile input gets one error quickly. ``load(...,
+import_modules=False)`` checks without importing any module a config names.
 
 Routing (what ``match:`` means for a call) lives in ``_routing``; this module
 only normalises the patterns.
@@ -43,6 +49,10 @@ __all__ = [
     "BreakerSection",
     "ConfigError",
     "INTEGRATION_KEYS",
+    "MAX_BREAKERS",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_VALUES",
     "Problem",
     "Settings",
     "find_source",
