@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from ._redact import mask, shown
+from ._redact import is_secret_name, mask, shown
 
 __all__ = ["Collector", "Problem", "Problems", "did_you_mean", "unknown_key"]
 
@@ -83,7 +83,8 @@ def unknown_key(name: object, value: object, known: Collection[str], what: str =
     """The message for an unknown key: a suggestion when one is close, else the allowed names."""
     suggestion = did_you_mean(name, known)
     hint = f"did you mean {suggestion}?" if suggestion else f"allowed {what}s: {', '.join(sorted(known))}"
-    return f"unknown {what} (value {shown(value)}); {hint}"
+    shown_value = "'***'" if is_secret_name(name) else shown(value)
+    return f"unknown {what} (value {shown_value}); {hint}"
 
 
 class Collector:

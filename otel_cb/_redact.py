@@ -19,18 +19,25 @@ from __future__ import annotations
 import logging
 import re
 import reprlib
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["LOGGERS", "MaskingFilter", "mask", "origin", "shown"]
+__all__ = ["LOGGERS", "MaskingFilter", "is_secret_name", "mask", "origin", "shown"]
 
-# scheme://userinfo@  (userinfo: anything up to the last '@' before the host part ends)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"@]*@)+")
-_SECRET_PARAMS = ("password", "passwd", "pwd", "pass", "secret", "token", "access_token", "auth", "api_key",
-                  "apikey", "api-key", "sslpassword", "client_secret", "credentials", "key")
+# scheme://userinfo@: up to the last '@' of the token, so an unencoded '/' or '@' in a password is masked too
+# (at worst a path holding an '@' is hidden with it).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s'\"]*@)")
+_SECRET_WORDS = ("password", "passwd", "pwd", "pass", "secret", "token", "access_token", "auth", "api_key",
+                 "apikey", "api-key", "sslpassword", "client_secret", "credentials", "key")
+_NAME = (r"(?<![A-Za-z0-9_\-])(?:[A-Za-z0-9]+[_\-])*(?:" + "|".join(re.escape(p) for p in _SECRET_WORDS) + r")")
+# A key is treated as secret on a looser match (misspellings such as "pasword" included): over-masking is harmless.
+_SECRET_NAME = re.compile(f"^{_NAME}$|pa+s+w|pass|pwd|secret|token|auth|cred", re.IGNORECASE)
+# name=value (query strings, libpq DSNs, log text) and 'name': value (reprs of mappings)
 _PARAM = re.compile(
-    r"(?P<name>(?<![A-Za-z0-9_\-])(?:[A-Za-z0-9]+[_\-])*(?:" + "|".join(re.escape(p) for p in _SECRET_PARAMS)
-    + r"))(?P<sep>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)",
-    re.IGNORECASE,
-)
+    f"(?P<name>{_NAME})(?P<sep>\\s*=\\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\\s&;,'\"]+)", re.IGNORECASE)
+_QUOTED_PARAM = re.compile(
+    f"(?P<name>(?P<q>['\"]){_NAME}(?P=q))(?P<sep>\\s*:\\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\\s,}}\\]]+)",
+    re.IGNORECASE)
 
 LOGGERS = ("otel_cb", "otel_cb.shared")
 """Every logger otel-cb logs through; each one's records are masked."""
@@ -44,7 +51,14 @@ def mask(text: str) -> str:
         text = _USERINFO.sub(r"\g<scheme>***@", text)
     if "=" in text:
         text = _PARAM.sub(r"\g<name>\g<sep>***", text)
+    if ":" in text:
+        text = _QUOTED_PARAM.sub(r"\g<name>\g<sep>'***'", text)
     return text
+
+
+def is_secret_name(name: object) -> bool:
+    """Whether a key or parameter named ``name`` holds a secret (``password``, ``api_key``, ``X-Auth-Token``...)."""
+    return isinstance(name, str) and _SECRET_NAME.search(name) is not None
 
 
 def origin(url: str) -> str:
@@ -68,6 +82,15 @@ class _BoundedRepr(reprlib.Repr):
         self.maxlong = 40
         self.maxother = 60
 
+    def repr_str(self, x: str, level: int) -> str:
+        # Masked before it is shortened: cutting first could drop the '@' that marks a password.
+        return super().repr_str(mask(x), level)
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if any(is_secret_name(k) for k in list(x)[: self.maxdict]):
+            x = {k: _Hidden() if is_secret_name(k) else v for k, v in list(x.items())[: self.maxdict + 1]}
+        return super().repr_dict(x, level)
+
     def repr_int(self, x: int, level: int) -> str:
         # repr() of an int beyond sys.get_int_max_str_digits() raises; say how big it is instead.
         if x.bit_length() > 128:
@@ -75,11 +98,18 @@ class _BoundedRepr(reprlib.Repr):
         return repr(x)
 
 
+class _Hidden:
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 _repr = _BoundedRepr()
 
 
 def shown(value: object, limit: int = _MAX_SHOWN) -> str:
     """A ``repr`` of ``value`` fit for a message: bounded in time and size, secrets masked, at most ``limit`` chars."""
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)  # so that values under secret names are hidden, as for a dict
     try:
         text = _repr.repr(value)
     except Exception:

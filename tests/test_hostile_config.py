@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,11 @@ SECRET_CASES = [
     "circuit_breakers:\n  'http://u:hunter2@h': [1]\n",
     "auto_breakers: {max: 'redis://:hunter2@h', x: 'password=hunter2'}\n",
     "plugins: 'https://api.example/?api_key=hunter2'\n",
+    "circuit_breakers:\n  b: {shared_state: {backend: redis, url: 'redis://h:1/0', password: hunter2}}\n",
+    "circuit_breakers:\n  b: {pasword: hunter2}\n",
+    "extra: {password: hunter2, user: u}\n",
+    "circuit_breakers:\n  b: {shared_state: {backend: redis, url: 'redis://u:hunter2/x@host:1/0', namespace: n,"
+    " timeout: 0}, open_timeout: 'redis://u:hunter2" + "x" * 300 + "@h'}\n",
 ]
 
 
@@ -320,9 +326,18 @@ def test_a_malformed_url_names_the_field_and_a_masked_value(tmp_path: Path,
     ("host=db user=u password=hunter2 dbname=x", "host=db user=u password=*** dbname=x"),
     ("https://h/?X-Api-Key=hunter2&page=2", "https://h/?X-Api-Key=***&page=2"),
     ("a@b.example and monkey=1", "a@b.example and monkey=1"),
+    ("redis://u:pa/ss@h:1/0", "redis://***@h:1/0"),
+    ("{'password': 'hunter2', \"api_key\": 5}", "{'password': '***', \"api_key\": '***'}"),
 ])
 def test_mask(text: str, masked: str) -> None:
     assert _redact.mask(text) == masked
+
+
+def test_shown_values_are_masked_before_they_are_shortened() -> None:
+    assert "hunter2" not in _redact.shown("redis://u:hunter2" + "x" * 500 + "@host")
+    assert _redact.shown({"password": "hunter2", "n": 1}) == "{'n': 1, 'password': '***'}"
+    assert "hunter2" not in _redact.shown(types.MappingProxyType({"token": "hunter2"}))
+    assert len(_redact.shown(list(range(10**5)))) <= 80 and "digits" in _redact.shown(10**5000)
 
 
 def test_log_lines_are_masked(caplog: pytest.LogCaptureFixture) -> None:
