@@ -190,8 +190,8 @@ class CircuitBreakerConfig:
         Raises:
             ValueError: for an unknown preset name or a bad override.
         """
-        if name not in PRESETS:
-            raise ValueError(f"preset: {name!r} is not a preset; use one of {', '.join(sorted(PRESETS))}")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise ValueError(f"preset: {shown(name)} is not a preset; use one of {', '.join(sorted(PRESETS))}")
         return cls(**{**PRESETS[name], **overrides})
 
     @classmethod

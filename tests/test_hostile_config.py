@@ -428,3 +428,18 @@ def test_otel_cb_plugins_refuses_an_unknown_disable_name() -> None:
 def test_env_is_left_alone_by_in_process_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "environ", dict(os.environ))
     assert _cli.instrument_main(["--traces-exporter", "jaeger", "python"]) == 2
+
+
+def test_an_integration_section_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = check(tmp_path, "circuit_breakers:\n  b:\n    shared_state: {backend: memcached, url: 'ftp://h', "
+                          "namespace: 'a b', timeout: -1, colour: red}\n", capsys)
+    for field in ("backend", "url", "namespace", "timeout", "colour"):
+        assert f"shared_state.{field}:" in out, out
+
+
+@pytest.mark.parametrize("preset", [["x"], {"a": 1}, 10**400, None])
+def test_a_preset_of_the_wrong_kind_is_a_value_error(preset: object) -> None:
+    with pytest.raises(ValueError, match="^preset: "):
+        CircuitBreakerConfig.preset(preset)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^preset: "):
+        CircuitBreakerConfig.from_dict({"preset": preset})
