@@ -7,7 +7,6 @@ value. Parsing of human durations (``"30s"``) lives here too because
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import importlib
@@ -441,6 +440,8 @@ def _check_exists_unimported(name: str, item: str, module_name: str, attr: str) 
 @functools.lru_cache(maxsize=64)
 def _module_names(origin: str) -> frozenset[str] | None:
     """The names a module's source binds at module level; None when that cannot be known without running it."""
+    import ast
+
     try:
         with open(origin, "rb") as source:
             tree = ast.parse(source.read(2_000_000), origin)

@@ -11,7 +11,6 @@ secret-masked (``otel_cb._redact``) when it becomes a ``Problem``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -72,6 +71,8 @@ def did_you_mean(name: object, known: Collection[str]) -> str | None:
     """The known name ``name`` is most likely a misspelling of, or None."""
     if not isinstance(name, str):
         return None
+    import difflib
+
     lowered = {k.lower(): k for k in known}
     if name.lower() in lowered:
         return lowered[name.lower()]

@@ -439,7 +439,7 @@ def test_an_integration_section_reports_every_problem(tmp_path: Path, capsys: py
 
 @pytest.mark.parametrize("preset", [["x"], {"a": 1}, 10**400, None])
 def test_a_preset_of_the_wrong_kind_is_a_value_error(preset: object) -> None:
-    with pytest.raises(ValueError, match="^preset: "):
+    with pytest.raises(ValueError, match=r"^preset: "):
         CircuitBreakerConfig.preset(preset)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^preset: "):
+    with pytest.raises(ValueError, match=r"^preset: "):
         CircuitBreakerConfig.from_dict({"preset": preset})
