@@ -85,7 +85,7 @@ def _exporter_problem(options: argparse.Namespace, env: Mapping[str, str]) -> st
         return None  # nothing named: no need to import the SDK to know the names
     try:
         from .telemetry._configure import _METRICS_EXPORTERS, _TRACES_EXPORTERS
-    except ImportError:
+    except ModuleNotFoundError:
         return None  # no OpenTelemetry SDK: telemetry is not set up, so no name is wrong
     allowed = {"traces": _TRACES_EXPORTERS, "metrics": _METRICS_EXPORTERS}
     for option, variable, kind in _EXPORTER_VARIABLES:

@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -422,6 +423,10 @@ def _check_exists_unimported(name: str, item: str, module_name: str, attr: str) 
             if depth == 1 or parent is not None:
                 # A top-level name, or a child of an imported package: finders run, no module code does.
                 spec = importlib.util.find_spec(prefix)
+                if spec is None and depth == 1:
+                    # Where the application will look too: the current directory and PYTHONPATH, which a
+                    # console script (otel-cb, otel-cb-instrument) does not have on its own sys.path.
+                    spec = PathFinder.find_spec(prefix, _application_path())
             else:
                 locations = spec.submodule_search_locations if spec is not None else None
                 spec = PathFinder.find_spec(prefix, list(locations)) if locations is not None else None
@@ -435,6 +440,11 @@ def _check_exists_unimported(name: str, item: str, module_name: str, attr: str) 
     if names is not None and attr not in names and "__getattr__" not in names:
         raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
                          f"(module {module_name} has no attribute {attr})")
+
+
+def _application_path() -> list[str]:
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [os.getcwd(), *extra]
 
 
 @functools.lru_cache(maxsize=64)

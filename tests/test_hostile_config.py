@@ -443,3 +443,16 @@ def test_a_preset_of_the_wrong_kind_is_a_value_error(preset: object) -> None:
         CircuitBreakerConfig.preset(preset)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^preset: "):
         CircuitBreakerConfig.from_dict({"preset": preset})
+
+
+def test_check_finds_the_applications_modules_in_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "app_errors_mod.py").write_text("class Busy(Exception):\n    pass\n")
+    (tmp_path / "otel-cb.yaml").write_text("circuit_breakers:\n  b: {record_exceptions: [app_errors_mod.Busy]}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("circuit_breakers:\n  b: {record_exceptions: [app_errors_mod.Nope]}\n")
+    ok = _script("otel-cb", "config", "check", "otel-cb.yaml", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    refused = _script("otel-cb", "config", "check", "bad.yaml", cwd=tmp_path)
+    assert refused.returncode == 2 and "has no attribute Nope" in refused.stderr
+    started = _script("otel-cb-instrument", "python", "-c", "print('APP STARTED')", cwd=tmp_path)
+    assert started.returncode == 0 and "APP STARTED" in started.stdout, started.stderr
