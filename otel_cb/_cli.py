@@ -37,6 +37,7 @@ _ENV_OPTIONS = {
     "traces_exporter": "OTEL_TRACES_EXPORTER",
     "metrics_exporter": "OTEL_METRICS_EXPORTER",
 }
+_ENV_OPTION_OF = {variable: option for option, variable in _ENV_OPTIONS.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,31 +73,40 @@ def _instrument_parser() -> _Parser:
 
 
 _USAGE = "usage: otel-cb-instrument [options] COMMAND [ARGS...], e.g. otel-cb-instrument python app.py"
-# OTEL_LOGS_EXPORTER takes what OTEL_TRACES_EXPORTER does (otlp, console, none).
-_EXPORTER_VARIABLES = (("traces_exporter", "OTEL_TRACES_EXPORTER", "traces"),
-                       ("metrics_exporter", "OTEL_METRICS_EXPORTER", "metrics"),
-                       (None, "OTEL_LOGS_EXPORTER", "traces"))
+_EXPORTER_OPTIONS = {"OTEL_TRACES_EXPORTER": "--traces-exporter", "OTEL_METRICS_EXPORTER": "--metrics-exporter"}
 
 
-def _exporter_problem(options: argparse.Namespace, env: Mapping[str, str]) -> str | None:
-    """The first exporter name the telemetry set-up would refuse, as a one-line error; None when all are known."""
-    if not any((option and getattr(options, option)) or env.get(variable) for option, variable, _ in
-               _EXPORTER_VARIABLES):
-        return None  # nothing named: no need to import the SDK to know the names
+def _telemetry_problem(options: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """What the telemetry set-up would refuse (exporter names, OTLP protocols), as a one-line error, or None.
+
+    The telemetry module's own checks are run on the environment the
+    application will get, so the two can never disagree; the error names the
+    option when the value came from one.
+    """
+    names = {variable: getattr(options, _ENV_OPTION_OF[variable]) for variable in _EXPORTER_OPTIONS}
+    candidate = {**env, **{variable: value for variable, value in names.items() if value is not None}}
+    if candidate.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if not any(key.startswith(("OTEL_TRACES_", "OTEL_METRICS_", "OTEL_LOGS_", "OTEL_EXPORTER_OTLP"))
+               for key in candidate):
+        return None  # nothing set: the defaults are valid, and the SDK need not be imported to know it
     try:
-        from .telemetry._configure import _METRICS_EXPORTERS, _TRACES_EXPORTERS
+        from .telemetry._configure import _METRICS_EXPORTERS, _TRACES_EXPORTERS, _choices, _protocol
     except ModuleNotFoundError:
-        return None  # no OpenTelemetry SDK: telemetry is not set up, so no name is wrong
-    allowed = {"traces": _TRACES_EXPORTERS, "metrics": _METRICS_EXPORTERS}
-    for option, variable, kind in _EXPORTER_VARIABLES:
-        given = getattr(options, option) if option is not None else None
-        label = f"--{option.replace('_', '-')}" if given is not None and option is not None else variable
-        value = given if given is not None else env.get(variable)
-        if value is None:
-            continue
-        for name in (n.strip() for n in value.split(",")):
-            if name and name.lower() not in allowed[kind]:
-                return f"{label}: {shown(name)} is not an exporter; use one or more of {', '.join(allowed[kind])}"
+        return None  # no OpenTelemetry SDK: telemetry is not set up, so nothing is wrong with its settings
+    try:
+        _choices(candidate, "OTEL_TRACES_EXPORTER", _TRACES_EXPORTERS)
+        _choices(candidate, "OTEL_METRICS_EXPORTER", _METRICS_EXPORTERS)
+        # OTEL_LOGS_EXPORTER takes what OTEL_TRACES_EXPORTER does (otlp, console, none).
+        _choices(candidate, "OTEL_LOGS_EXPORTER", _TRACES_EXPORTERS)
+        _protocol(candidate, "TRACES")
+        _protocol(candidate, "METRICS")
+    except ValueError as exc:
+        message = str(exc)
+        variable = message.partition(":")[0]
+        if names.get(variable) is not None:
+            message = _EXPORTER_OPTIONS[variable] + message[len(variable):]
+        return message
     return None
 
 
@@ -128,7 +138,7 @@ def instrument_main(argv: Sequence[str] | None = None) -> int:
     if options.command is None:
         return _fail(f"no command given; {_USAGE} (see --help)")
     env = os.environ
-    problem = _exporter_problem(options, env) or _disable_problem(options)
+    problem = _telemetry_problem(options, env) or _disable_problem(options)
     if problem is not None:
         return _fail(problem)
     if options.config is not None:
@@ -181,7 +191,8 @@ def instrument_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, prog: str = "otel-cb-instrument") -> int:
-    print(f"{prog}: {mask(message)}", file=sys.stderr)
+    line = " ".join(mask(message).splitlines())
+    print(f"{prog}: {line if len(line) <= 1000 else line[:997] + '...'}", file=sys.stderr)
     return EXIT_USAGE
 
 

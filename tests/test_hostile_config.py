@@ -230,8 +230,7 @@ def test_the_c_loader_is_used_when_present() -> None:
 
 def test_lines_and_aliases_still_work(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
-    path.write_text("base: &base {open_timeout: 5}\n" if False else
-                    "circuit_breakers:\n  defaults: &d {open_timeout: 5}\n  b: {<<: *d, jitter: 0.1}\n")
+    path.write_text("circuit_breakers:\n  defaults: &d {open_timeout: 5}\n  b: {<<: *d, jitter: 0.1}\n")
     settings = _settings.load(str(path))
     assert settings.breakers[0].config.open_timeout == 5 and settings.breakers[0].config.jitter == 0.1
 
@@ -377,11 +376,14 @@ def test_otel_cb_instrument_refuses_before_the_app_starts(tmp_path: Path, text: 
 
 
 @pytest.mark.parametrize(("args", "env", "expected"), [
-    (["--traces-exporter", "jaeger"], {}, "--traces-exporter: 'jaeger' is not an exporter"),
+    (["--traces-exporter", "jaeger"], {}, "--traces-exporter: 'jaeger' is not supported; use one or more of otlp"),
     (["--metrics-exporter", "otlp,bogus"], {}, "--metrics-exporter: 'bogus'"),
     ([], {"OTEL_METRICS_EXPORTER": "bogus"}, "OTEL_METRICS_EXPORTER: 'bogus'"),
     ([], {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: 'zipkin'"),
     ([], {"OTEL_LOGS_EXPORTER": "bogus"}, "OTEL_LOGS_EXPORTER: 'bogus'"),
+    ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "bogus"}, "OTEL_EXPORTER_OTLP_PROTOCOL: 'bogus'"),
+    (["--traces-exporter", "otlp"], {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
+     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json'"),
     (["--disable", "htpx"], {}, "--disable: 'htpx' is not an integration or plugin; did you mean httpx?"),
     (["--config", "missing.yaml"], {}, "--config: "),
 ])
@@ -425,9 +427,11 @@ def test_otel_cb_plugins_refuses_an_unknown_disable_name() -> None:
     assert result.returncode == 2 and "did you mean grpc?" in result.stderr
 
 
-def test_env_is_left_alone_by_in_process_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_usage_error_changes_no_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = dict(os.environ)
     monkeypatch.setattr(os, "environ", dict(os.environ))
-    assert _cli.instrument_main(["--traces-exporter", "jaeger", "python"]) == 2
+    assert _cli.instrument_main(["--traces-exporter", "jaeger", "--config", "x.yaml", "python"]) == 2
+    assert os.environ == before
 
 
 def test_an_integration_section_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
