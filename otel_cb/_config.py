@@ -436,8 +436,14 @@ def _check_exists_unimported(name: str, item: str, module_name: str, attr: str) 
             raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
                              f"(no module named {prefix})")
     assert spec is not None
-    names = _module_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
-    if names is not None and attr not in names and "__getattr__" not in names:
+    found = _module_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    if found is None or "__getattr__" in found[0]:
+        return
+    names, literals = found
+    if attr in literals:
+        raise ValueError(f"{name}: {shown(item)} is not an exception class (module {module_name} sets it to a "
+                         "literal value)")
+    if attr not in names:
         raise ValueError(f"{name}: {shown(item)} does not name an importable exception class "
                          f"(module {module_name} has no attribute {attr})")
 
@@ -448,8 +454,11 @@ def _application_path() -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _module_names(origin: str) -> frozenset[str] | None:
-    """The names a module's source binds at module level; None when that cannot be known without running it."""
+def _module_names(origin: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The names a module's source binds at module level, and those of them only ever bound to a literal.
+
+    None when that cannot be known without running it.
+    """
     import ast
 
     try:
@@ -457,10 +466,17 @@ def _module_names(origin: str) -> frozenset[str] | None:
             tree = ast.parse(source.read(2_000_000), origin)
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None  # importing it would say what is wrong; reading cannot
+    literals = (ast.Constant, ast.Dict, ast.List, ast.Tuple, ast.Set, ast.JoinedStr)
     names: set[str] = set()
+    literal: set[str] = set()
     pending: list[ast.AST] = list(tree.body)
     while pending:
         node = pending.pop()
+        if isinstance(node, ast.Assign) and isinstance(node.value, literals):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if len(targets) == len(node.targets):
+                literal.update(targets)
+                continue
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             names.add(node.name)
             # Their bodies bind no module names, unless they declare them global.
@@ -479,4 +495,4 @@ def _module_names(origin: str) -> frozenset[str] | None:
                 "globals", "setattr", "exec", "vars"):
             return None
         pending.extend(ast.iter_child_nodes(node))
-    return frozenset(names)
+    return frozenset(names | literal), frozenset(literal - names)

@@ -122,7 +122,7 @@ def _notice_destination() -> None:
     """Say once per process tree where telemetry goes, so a missing collector is no mystery."""
     if os.environ.get(_NOTICE_ENV) == "1":
         return
-    from .._redact import origin
+    from .._redact import mask, origin
 
     os.environ[_NOTICE_ENV] = "1"  # inherited: child processes stay quiet
     parts = []
@@ -144,7 +144,7 @@ def _notice_destination() -> None:
                 parts.append(f"{signal.lower()} to {exporter}")
     if parts:
         # Straight to stderr: the application's logging is not configured yet.
-        sys.stderr.write(f"otel-cb: telemetry goes {', '.join(parts)}\n")
+        sys.stderr.write(mask(f"otel-cb: telemetry goes {', '.join(parts)}") + "\n")
 
 
 def _activate_instrumentors() -> None:
