@@ -460,3 +460,9 @@ def test_check_finds_the_applications_modules_in_the_current_directory(tmp_path:
     assert refused.returncode == 2 and "has no attribute Nope" in refused.stderr
     started = _script("otel-cb-instrument", "python", "-c", "print('APP STARTED')", cwd=tmp_path)
     assert started.returncode == 0 and "APP STARTED" in started.stdout, started.stderr
+
+
+def test_a_name_bound_to_a_literal_is_refused_without_importing(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(otel_cb.ConfigError, match="'this.s' is not an exception class"):
+        otel_cb.instrument({"circuit_breakers": {"b": {"record_exceptions": ["this.s"]}}})
+    assert "this" not in sys.modules and "Beautiful" not in capsys.readouterr().out
