@@ -463,6 +463,6 @@ def test_check_finds_the_applications_modules_in_the_current_directory(tmp_path:
 
 
 def test_a_name_bound_to_a_literal_is_refused_without_importing(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(otel_cb.ConfigError, match="'this.s' is not an exception class"):
+    with pytest.raises(otel_cb.ConfigError, match=r"'this\.s' is not an exception class"):
         otel_cb.instrument({"circuit_breakers": {"b": {"record_exceptions": ["this.s"]}}})
     assert "this" not in sys.modules and "Beautiful" not in capsys.readouterr().out
