@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
-from .._config import parse_duration
+from ..plugin import parse_duration, parse_items
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -47,25 +47,20 @@ def parse_failure_statuses(where: str, value: object) -> frozenset[int]:
     Raises:
         ValueError: naming the field, the bad value and what is allowed.
     """
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{where}: {value!r} is not allowed; use {_STATUSES_ALLOWED}")
-    statuses: set[int] = set()
-    for item in value:
-        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
-            statuses.add(item)
-            continue
-        match = _STATUS_RANGE.match(item) if isinstance(item, str) else None
-        if match is None:
-            raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
-        if match.group(1):
-            low = int(match.group(1)) * 100
-            high = low + 99
-        else:
-            low, high = int(match.group(2)), int(match.group(3))
-            if not 100 <= low <= high <= 599:
-                raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
-        statuses.update(range(low, high + 1))
-    return frozenset(statuses)
+    return parse_items(where, value, _statuses, _STATUSES_ALLOWED)
+
+
+def _statuses(item: object) -> range | None:
+    if isinstance(item, int) and not isinstance(item, bool):
+        return range(item, item + 1) if 100 <= item <= 599 else None
+    match = _STATUS_RANGE.match(item) if isinstance(item, str) else None
+    if match is None:
+        return None
+    if match.group(1):
+        low = int(match.group(1)) * 100
+        return range(low, low + 100)
+    low, high = int(match.group(2)), int(match.group(3))
+    return range(low, high + 1) if 100 <= low <= high <= 599 else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -184,7 +179,7 @@ def parse_fallback(where: str, value: object, *,
     Raises:
         ValueError: naming the field, the bad value and what is allowed.
     """
-    if not isinstance(value, Mapping) or value.get("type") not in _FALLBACK_KEYS:
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str) or value["type"] not in _FALLBACK_KEYS:
         raise ValueError(f"{where}: {value!r} is not allowed; use {_FALLBACK_ALLOWED}")
     kind = value["type"]
     unknown = sorted(set(value) - _FALLBACK_KEYS[kind])

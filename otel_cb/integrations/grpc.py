@@ -134,11 +134,22 @@ from grpc import (
     UnaryUnaryClientInterceptor,
 )
 
-from .._breaker import CircuitBreaker, Permit
-from .._errors import CircuitOpenError
-from .._plugins import _log_once
-from .._state import CircuitState
-from ..plugin import Call, Patch, breaker_settings, classify, fallback, hookimpl, select_breaker
+from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
+from ..plugin import (
+    Call,
+    Patch,
+    SectionValidator,
+    Verdict,
+    annotate_span,
+    classify,
+    classify_exception,
+    hookimpl,
+    log_once,
+    section_settings,
+    select_breaker,
+    serve_fallback,
+)
+from ._grpc_policy import DEFAULT_FAILURE_CODE_NAMES, clean_target, parse_code_names, pushback, validate_settings
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
@@ -148,6 +159,7 @@ __all__ = [
     "GrpcCircuitOpenError",
     "aio_interceptors",
     "clean_target",
+    "otel_cb_config_keys",
     "otel_cb_patches",
     "parse_failure_codes",
     "validate_settings",
@@ -155,17 +167,10 @@ __all__ = [
 
 logger = logging.getLogger("otel_cb")
 
-DEFAULT_FAILURE_CODES: frozenset[grpc.StatusCode] = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.DATA_LOSS,
-})
+DEFAULT_FAILURE_CODES: frozenset[grpc.StatusCode] = frozenset(grpc.StatusCode[name]
+                                                               for name in DEFAULT_FAILURE_CODE_NAMES)
 """Status codes that count as failures unless a breaker's ``failure_codes`` says otherwise."""
 
-_CODES_BY_NAME = {code.name: code for code in grpc.StatusCode}
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 Selector = Callable[[Call], "CircuitBreaker | None"]
@@ -184,52 +189,13 @@ def parse_failure_codes(where: str, value: object) -> frozenset[grpc.StatusCode]
     Raises:
         ValueError: naming the field, the bad value and what is allowed.
     """
-    allowed = f"a list of gRPC status code names ({', '.join(sorted(_CODES_BY_NAME))})"
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{where}: {value!r} is not allowed; use {allowed}")
-    codes: set[grpc.StatusCode] = set()
-    for item in value:
-        if isinstance(item, grpc.StatusCode):
-            codes.add(item)
-        elif isinstance(item, str) and item.strip().upper() in _CODES_BY_NAME:
-            codes.add(_CODES_BY_NAME[item.strip().upper()])
-        else:
-            raise ValueError(f"{where}: {item!r} is not allowed; use {allowed}")
-    return frozenset(codes)
+    return frozenset(grpc.StatusCode[name] for name in parse_code_names(where, value))
 
 
-def validate_settings(name: str, section: Mapping[str, Any]) -> None:
-    """Check the gRPC keys (``failure_codes``) of breaker ``name``'s config section.
-
-    The config loader calls this; other keys are left alone.
-
-    Raises:
-        ValueError: naming the field, the bad value and what is allowed.
-    """
-    if section.get("failure_codes") is not None:
-        parse_failure_codes(f"circuit_breakers.{name}.failure_codes", section["failure_codes"])
-
-
-# Parsed failure_codes per breaker name, valid while breaker_settings returns the same section.
-_codes_memo: dict[str, tuple[Mapping[str, Any], frozenset[grpc.StatusCode]]] = {}
-
-
-def _configured_codes(name: str) -> frozenset[grpc.StatusCode]:
-    section = breaker_settings(name)
-    memo = _codes_memo.get(name)
-    if memo is not None and memo[0] is section:
-        return memo[1]
-    codes = DEFAULT_FAILURE_CODES
-    if section.get("failure_codes") is not None:
-        try:
-            codes = parse_failure_codes(f"circuit_breakers.{name}.failure_codes", section["failure_codes"])
-        except ValueError as exc:
-            # The loader validates first; if a bad value still gets here, the call must not pay for it.
-            _log_once(("grpc.failure_codes", name[:50]), "otel-cb: %s; using the default failure codes", exc)
-    if len(_codes_memo) > 10_000:
-        _codes_memo.clear()
-    _codes_memo[name] = (section, codes)
-    return codes
+def _parse_codes(breaker: CircuitBreaker, section: Mapping[str, Any]) -> frozenset[grpc.StatusCode]:
+    if section.get("failure_codes") is None:
+        return DEFAULT_FAILURE_CODES
+    return parse_failure_codes(f"circuit_breakers.{breaker.name}.failure_codes", section["failure_codes"])
 
 
 # -- the open-circuit errors ----------------------------------------------------
@@ -349,27 +315,6 @@ def _service_of(method: str) -> str:
     return method.lstrip("/").partition("/")[0]
 
 
-def clean_target(target: str | bytes) -> str:
-    """A channel target as breakers and routing see it: no scheme, credentials, path or query.
-
-    ``dns:///shield:50051`` and ``shield:50051`` are both ``shield:50051``;
-    ``unix:`` targets are kept whole (the socket path is the destination).
-    """
-    text = target.decode("utf-8", "replace") if isinstance(target, bytes) else str(target)
-    if text.startswith(("unix:", "unix-abstract:")):
-        return text
-    if "://" in text:
-        text = text.split("://", 1)[1]
-        authority, slash, rest = text.partition("/")
-        text = rest if slash and rest else authority  # dns://resolver/host:port names host:port
-    elif text.startswith(("dns:", "ipv4:", "ipv6:")):
-        text = text.split(":", 1)[1]
-    text = text.rpartition("@")[2]
-    for separator in ("/", "?", "#"):
-        text = text.split(separator, 1)[0]
-    return text
-
-
 class _Guard:
     """Routing, admission and judging of one channel's calls, for both shells."""
 
@@ -404,7 +349,7 @@ class _Guard:
             try:
                 breaker = self._selector(call)
             except Exception as exc:
-                _log_once(("grpc", "selector"), "otel-cb: the gRPC breaker selector raised %r; call not protected",
+                log_once(("grpc", "selector"), "otel-cb: the gRPC breaker selector raised %r; call not protected",
                           exc)
                 return None
             if breaker is None:
@@ -419,87 +364,48 @@ class _Guard:
             CircuitOpenError: the breaker rejected the call.
         """
         permit = breaker.acquire()
-        _annotate(breaker)
+        annotate_span(breaker)
         return permit
 
     @staticmethod
     def fallback(call: Call, breaker: CircuitBreaker, error: BaseException) -> object | None:
         """What an ``otel_cb_fallback`` hook serves instead of ``error``, counted on the breaker; or None."""
-        value = fallback(call, error)
-        if value is not None:
-            breaker.count_fallback("success")
-        return value
+        return serve_fallback(call, breaker, error)
 
     def judge(self, permit: Permit, call: Call, rpc: object, code: grpc.StatusCode | None,
-              error: BaseException | None, trailing_metadata: Any = None) -> str:
+              error: BaseException | None, trailing_metadata: Any = None) -> Verdict | None:
         """Report one finished call: ``code`` of the RPC, or ``error`` raised without a status.
 
         A failure carries the server's ``grpc-retry-pushback-ms`` hint, if any,
         as ``retry_after`` (it can lengthen the open timeout).
 
         Returns:
-            The verdict: ``success``, ``failure``, ``ignore`` or ``none``.
+            The verdict (None: no verdict).
         """
-        exception = error if error is not None else (rpc if code is not _OK else None)
-        verdict = classify(call, rpc, exception if isinstance(exception, BaseException) else None)
-        if verdict is None:
-            if code is None:
-                if error is not None:
-                    judged = permit.record_exception(error)
-                    return judged or "none"
-                permit.release()
-                return "none"
-            if code is _CANCELLED:
-                permit.release()
-                return "none"
-            if code is _OK:
-                verdict = "success"
-            else:
+        verdict: Verdict | None
+        if code is None:
+            # Raised in the client without a status: the breaker's own exception rules.
+            verdict = None if error is None else classify_exception(call, permit.breaker, error)
+        else:
+            verdict = classify(call, rpc, rpc if code is not _OK and isinstance(rpc, BaseException) else None)
+            if verdict is None and code is not _CANCELLED:
                 codes = self._failure_codes
                 if codes is None:
-                    codes = _configured_codes(permit.breaker.name)
-                verdict = "failure" if code in codes else "success"
-        if verdict == "failure":
-            permit.record_failure(retry_after=_pushback(trailing_metadata))
-        elif verdict == "success":
-            permit.record_success()
-        else:
-            permit.record_ignored()
+                    codes = section_settings(permit.breaker, _parse_codes, DEFAULT_FAILURE_CODES)
+                verdict = "failure" if code is not _OK and code in codes else "success"
+        permit.record(verdict, retry_after=pushback(trailing_metadata) if verdict == "failure" else None)
         return verdict
-
-
-def _no_annotation(breaker: CircuitBreaker) -> None:
-    return None
-
-
-_annotate_current_span: Callable[[CircuitBreaker], None] | None = None
-
-
-def _annotate(breaker: CircuitBreaker) -> None:
-    """Name the breaker and its state on the current (client) span, if telemetry is there."""
-    global _annotate_current_span
-    if _annotate_current_span is None:
-        try:
-            from ..telemetry import annotate_current_span
-        except Exception:  # the telemetry module or OpenTelemetry is unavailable
-            _annotate_current_span = _no_annotation
-        else:
-            _annotate_current_span = annotate_current_span
-    try:
-        _annotate_current_span(breaker)
-    except Exception:
-        logger.debug("otel-cb: annotating the gRPC client span failed", exc_info=True)
 
 
 # -- grpc (sync) ------------------------------------------------------------------
 
 
-def _sync_done(guard: _Guard, permit: Permit, call: Call, outcome: Any) -> str:
+def _sync_done(guard: _Guard, permit: Permit, call: Call, outcome: Any) -> Verdict | None:
     """Judge a finished sync call (a ``grpc.Call`` / ``grpc.Future``); returns the verdict."""
     try:
         if outcome.cancelled():
             permit.release()
-            return "none"
+            return None
         error = outcome.exception()
         if error is None:  # ended with OK (asking code() would take the call's lock again)
             return guard.judge(permit, call, outcome, _OK, None)
@@ -508,12 +414,12 @@ def _sync_done(guard: _Guard, permit: Permit, call: Call, outcome: Any) -> str:
         code = outcome.code()
         return guard.judge(permit, call, outcome, code, None, outcome.trailing_metadata() if code is not _OK else None)
     except Exception as exc:
-        _log_once(("grpc", "judge"), "otel-cb: judging a gRPC call failed (%r); no verdict recorded", exc)
+        log_once(("grpc", "judge"), "otel-cb: judging a gRPC call failed (%r); no verdict recorded", exc)
         permit.release()
-        return "none"
+        return None
 
 
-def _judge_when_done(guard: _Guard, permit: Permit, call: Call, outcome: Any) -> str | None:
+def _judge_when_done(guard: _Guard, permit: Permit, call: Call, outcome: Any) -> Verdict | None:
     """Judge a sync call when it ends: now if it has (returns the verdict), else from grpc's thread (None)."""
     if outcome.done():  # a blocking call, or an error: most calls
         return _sync_done(guard, permit, call, outcome)
@@ -617,7 +523,7 @@ def _served(value: object | None, streaming: bool) -> _ServedOutcome | None:
         try:
             value = list(value)  # type: ignore[call-overload]
         except TypeError:
-            _log_once(("grpc", "fallback"), "otel-cb: a fallback for a gRPC response stream must be an iterable of "
+            log_once(("grpc", "fallback"), "otel-cb: a fallback for a gRPC response stream must be an iterable of "
                       "messages, not %s; not served", type(value).__name__)
             return None
     return _ServedOutcome(value)
@@ -670,7 +576,7 @@ def _aio_done(guard: _Guard, permit: Permit, call: Call, rpc: Any) -> None:
         trailing_metadata = _result_now(rpc.trailing_metadata()) if code is not _OK else None
         guard.judge(permit, call, rpc, code, None, trailing_metadata)
     except Exception as exc:
-        _log_once(("grpc", "judge"), "otel-cb: judging a gRPC call failed (%r); no verdict recorded", exc)
+        log_once(("grpc", "judge"), "otel-cb: judging a gRPC call failed (%r); no verdict recorded", exc)
         permit.release()
 
 
@@ -691,21 +597,6 @@ def _result_now(coroutine: Any) -> Any:
     return None
 
 
-_PUSHBACK = "grpc-retry-pushback-ms"
-
-
-def _pushback(metadata: Any) -> float | None:
-    """Seconds from a ``grpc-retry-pushback-ms`` trailer; None when absent or negative (no retry)."""
-    try:
-        for key, value in metadata or ():
-            if key == _PUSHBACK:
-                milliseconds = int(value)
-                return milliseconds / 1000.0 if milliseconds >= 0 else None
-    except (TypeError, ValueError):
-        pass
-    return None
-
-
 async def _judge_later(guard: _Guard, permit: Permit, call: Call, rpc: Any) -> None:
     try:
         code = await rpc.code()
@@ -714,7 +605,7 @@ async def _judge_later(guard: _Guard, permit: Permit, call: Call, rpc: Any) -> N
         permit.release()
         raise
     except Exception as exc:
-        _log_once(("grpc", "judge"), "otel-cb: reading a gRPC status failed (%r); no verdict recorded", exc)
+        log_once(("grpc", "judge"), "otel-cb: reading a gRPC status failed (%r); no verdict recorded", exc)
         permit.release()
         return
     guard.judge(permit, call, rpc, code, None, trailing_metadata)
@@ -992,7 +883,7 @@ def _protect_multicallable(wrapped: Callable[..., Any], instance: Any, args: tup
         protected = grpc.intercept_channel(_OneCallable(multicallable), interceptor)
         return getattr(protected, wrapped.__name__)(method)
     except Exception as exc:
-        _log_once(("grpc", "patch"), "otel-cb: cannot protect a gRPC channel (%r); its calls go unprotected", exc)
+        log_once(("grpc", "patch"), "otel-cb: cannot protect a gRPC channel (%r); its calls go unprotected", exc)
         return multicallable
 
 
@@ -1008,11 +899,17 @@ def _protect_aio_channel(wrapped: Callable[..., Any], instance: Any, args: tuple
         else:
             kwargs = {**kwargs, "interceptors": [*(kwargs.get("interceptors") or ()), *ours]}
     except Exception as exc:
-        _log_once(("grpc", "patch"), "otel-cb: cannot protect a gRPC channel (%r); its calls go unprotected", exc)
+        log_once(("grpc", "patch"), "otel-cb: cannot protect a gRPC channel (%r); its calls go unprotected", exc)
     return wrapped(*args, **kwargs)
 
 
 _SYNC_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+@hookimpl
+def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
+    """The breaker-section key of the grpc integration, checked without importing grpc."""
+    return {"failure_codes": validate_settings}
 
 
 @hookimpl
