@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import hookspecs
 from ._markers import PROJECT, hookimpl
 
 if TYPE_CHECKING:
@@ -206,8 +207,6 @@ def _check(plugin: object, name: str) -> str:
 def new_manager() -> pluggy.PluginManager:
     """Return a pluggy manager of project ``otel_cb`` that knows the hook specs."""
     import pluggy
-
-    from . import hookspecs
 
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)

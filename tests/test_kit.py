@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import subprocess
+import sys
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -206,6 +208,32 @@ def test_malformed_integration_sections_fail_the_check(section: dict[str, Any], 
     assert any(str(p).startswith(f"<mapping>: {expected}") for p in info.value.problems), info.value.problems
 
 
+def test_integration_keys_are_checked_where_the_client_libraries_are_missing(tmp_path: Path) -> None:
+    config = tmp_path / "otel-cb.yaml"
+    config.write_text("circuit_breakers:\n  a: {failure_codes: [NOPE], failure_sqlstates: ['8'], "
+                      "failure_statuses: [600]}\n")
+    script = (
+        "import sys\n"
+        "for name in ('grpc', 'httpx', 'asyncpg'):\n"
+        "    sys.modules[name] = None  # not installed\n"
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from otel_cb._settings import ConfigError, load\n"
+        "try:\n"
+        f"    load({str(config)!r})\n"
+        "except ConfigError as error:\n"
+        "    print('\\n'.join(map(str, error.problems)))\n"
+        "import otel_cb\n"
+        "otel_cb.instrument({})  # start-up without the client libraries: silent below INFO\n"
+        "otel_cb.uninstrument()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "failure_codes: 'NOPE' is not allowed" in result.stdout, result
+    assert "failure_sqlstates: '8' is not allowed" in result.stdout, result
+    assert "failure_statuses: 600 is not allowed" in result.stdout, result
+    assert "WARNING" not in result.stderr and "failed to import" not in result.stderr, result.stderr
+
+
 def _imports(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line, module, name) of every import in ``path``, relative ones resolved against its package."""
     package = ".".join(path.relative_to(ROOT if path.is_relative_to(ROOT / "otel_cb") else ROOT / "plugins")
@@ -246,3 +274,49 @@ def test_the_import_check_sees_private_names() -> None:
     found = list(_imports(ROOT / "otel_cb" / "integrations" / "httpx.py"))
     assert ("otel_cb.plugin", "Patch") in {(m, n) for _, m, n in found}
     assert ("otel_cb.integrations._http_policy", "validate_settings") in {(m, n) for _, m, n in found}
+
+
+def _runtime_imports(path: Path, package: str) -> set[str]:
+    """Modules of otel_cb that ``path`` imports at run time (``TYPE_CHECKING`` blocks left out)."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            if node.module:  # `from . import _scripts` needs the submodule, not its package's __init__
+                found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("otel_cb")}
+
+
+def test_otel_cb_has_no_import_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "otel_cb").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        graph[module] = _runtime_imports(path, module if is_package else ".".join(parts[:-1]))
+    for module, imports in graph.items():
+        # `from .. import CircuitBreaker` needs the package, not a cycle through everything it re-exports.
+        graph[module] = {name for name in imports if name in graph and name != module and name != "otel_cb"}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module))]
+    assert graph["otel_cb.plugin"] and not cycles, cycles[:3]
