@@ -320,3 +320,30 @@ def test_otel_cb_has_no_import_cycles() -> None:
 
     cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module))]
     assert graph["otel_cb.plugin"] and not cycles, cycles[:3]
+
+
+@pytest.mark.usefixtures("no_entry_points")
+def test_asyncpg_serves_a_refusal_counted_refused(clock: FakeClock) -> None:
+    from otel_cb.integrations import asyncpg as integration
+
+    breaker = CircuitBreaker("db_refusal", clock=clock)
+    otel_cb.instrument({}, plugins=[Serving(Refusal([]))])
+    breaker.force_open()
+
+    async def query() -> list[object]:
+        raise AssertionError("a rejected call must not run")
+
+    call = Call("db", "db:5432/app", method="fetch")
+    assert asyncio.run(integration._protected(call, breaker, None, query, (), {})) == []
+    assert breaker.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 1}
+
+
+def test_config_check_rejects_a_malformed_integration_section(tmp_path: Path) -> None:
+    config = tmp_path / "otel-cb.yaml"
+    config.write_text("circuit_breakers:\n  catalog: {fallback: {type: {x: 1}}}\n")
+    command = Path(sys.executable).parent / "otel-cb"
+    result = subprocess.run([str(command), "config", "check", str(config)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result
+    assert "circuit_breakers.catalog.fallback: {'type': {'x': 1}} is not allowed" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

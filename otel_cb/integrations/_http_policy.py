@@ -1,8 +1,11 @@
 """HTTP policy shared by the sync and async httpx paths, free of any client library.
 
-Owns the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation, the stale-response cache and ``Retry-After`` parsing. The httpx
-module turns these plain values into requests and responses.
+Owns how an HTTP response counts (``status_verdict``: 429 and 5xx are
+failures, other statuses successes, unless ``failure_statuses`` says
+otherwise; ``retry_after_hint``: the ``Retry-After`` of a failing 429/503),
+the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
+validation and the stale-response cache. The httpx module turns these plain
+values into requests and responses.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
-from ..plugin import parse_duration, parse_items
+from ..plugin import Verdict, parse_duration, parse_items
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
+    "RETRY_AFTER_STATUSES",
     "HTTPSettings",
     "StaleCache",
     "StaticResponse",
@@ -29,10 +33,13 @@ __all__ = [
     "parse_fallback",
     "parse_retry_after",
     "parse_settings",
+    "retry_after_hint",
+    "status_verdict",
     "validate_settings",
 ]
 
 DEFAULT_FAILURE_STATUSES = frozenset([429, *range(500, 600)])
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 _STATUS_RANGE = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*-\s*(\d{3})\s*$")
 _STATUSES_ALLOWED = "a list of status codes (100-599), 'Nxx' classes or 'A-B' ranges, e.g. [429, '5xx']"
 # Never replayed from the cache: a replayed POST could repeat a side effect the caller
@@ -251,3 +258,18 @@ def validate_settings(name: str, section: Mapping[str, Any]) -> None:
         ValueError: naming the field, the bad value and what is allowed.
     """
     parse_settings(name, section)
+
+
+def status_verdict(status: int, failure_statuses: frozenset[int]) -> Verdict:
+    """How a response counts when no ``otel_cb_classify`` hook answered.
+
+    A status in ``failure_statuses`` (429 and 5xx unless the breaker's config
+    says otherwise) is a failure of the server; every other status, 4xx
+    included, is a success: the server answered, the request was what failed.
+    """
+    return "failure" if status in failure_statuses else "success"
+
+
+def retry_after_hint(status: int, header: str | None) -> float | None:
+    """Seconds a failing 429 or 503 asks the client to wait (its ``Retry-After``); None for other statuses."""
+    return parse_retry_after(header) if status in RETRY_AFTER_STATUSES else None

@@ -36,8 +36,9 @@ from ._http_policy import (
     StaticResponse,
     parse_failure_statuses,
     parse_fallback,
-    parse_retry_after,
     parse_settings,
+    retry_after_hint,
+    status_verdict,
 )
 
 __all__ = [
@@ -53,7 +54,6 @@ Selector = Callable[[Call], CircuitBreaker | None]
 
 FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
@@ -231,11 +231,11 @@ class _Exchange:
             self.hook_verdict = verdict is not None
             status = response.status_code
             if verdict is None:
-                verdict = "failure" if status in self.settings.failure_statuses else "success"
+                verdict = status_verdict(status, self.settings.failure_statuses)
             if verdict != "success":
                 retry_after = None
-                if verdict == "failure" and status in _RETRY_AFTER_STATUSES:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if verdict == "failure":
+                    retry_after = retry_after_hint(status, response.headers.get("retry-after"))
                 permit.record(verdict, retry_after=retry_after)
                 return False
             cache = self.settings.fallback
