@@ -13,9 +13,9 @@ Sources, first match wins: an explicit path or mapping; the file named by
 Every breaker section is laid over ``defaults``; the core fields are checked
 by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and every other
 key by the plugin that declares it through ``otel_cb_config_keys`` (this
-module names no integration; a key no plugin declares is unknown). Every problem is reported with its
-location (file, line for YAML, and the key path); validation collects all of
-them rather than stopping at the first.
+module names no integration; a key no plugin declares is unknown). Every
+problem is reported with its location (file, line for YAML, and the key
+path); validation collects all of them rather than stopping at the first.
 
 Routing (what ``match:`` means for a call) lives in ``_routing``; this module
 only normalises the patterns.

@@ -69,6 +69,11 @@ def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     library (the config is checked where it may not be installed) and must
     accept exactly what the plugin accepts at run time.
 
+    Every plugin of the entry-point group is asked, disabled ones too, so a
+    config stays valid whichever integrations are disabled. Plugin objects
+    passed to ``instrument(plugins=...)`` are not asked: the config is
+    validated before they are registered.
+
     Returns:
         Validators by key, e.g. ``{"failure_codes": validate_settings}``. A
         validator raises ``ValueError`` whose message starts with the field
