@@ -18,7 +18,7 @@ import grpc.aio  # type: ignore[import-untyped]
 
 from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
 from ..plugin import Call, log_once
-from ._grpc_exchange import OK, Guard, Selector, guarded, served_value
+from ._grpc_exchange import OK, Admission, Guard, Selector, guarded, served_value
 
 __all__ = ["AioCircuitBreakerInterceptor", "AioGrpcCircuitOpenError", "aio_interceptors", "protect_aio_channel"]
 
@@ -230,18 +230,12 @@ class AioCircuitBreakerInterceptor:
     async def _intercept(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any,
                          streaming_request: bool, streaming: bool) -> Any:
         guard = self._guard
-        routed = guard.route(details.method, None if streaming_request else request)
-        if routed is None:
+        admission = guard.admit(details.method, None if streaming_request else request)
+        if admission is None:
             return await continuation(details, request)
-        breaker, call = routed
-        try:
-            permit = guard.acquire(breaker)
-        except CircuitOpenError as exc:
-            # A finished call rather than a raise: OpenTelemetry's aio
-            # interceptor ends its span only through a call's done callback.
-            rejection = AioGrpcCircuitOpenError.from_rejection(exc)
-            served = _aio_served(guard.fallback(call, breaker, rejection), streaming)
-            return _RejectedAioCall(rejection) if served is None else served
+        breaker, call, permit = admission.breaker, admission.call, admission.permit
+        if permit is None:
+            return _refused(guard, admission, streaming)
         token = guarded.set(True)
         try:
             rpc = await continuation(details, request)
@@ -281,6 +275,18 @@ async def _unary_unary_outcome(guard: Guard, permit: Permit, call: Call, breaker
         if served is not None:
             return served
     return rpc
+
+
+def _refused(guard: Guard, admission: Admission, streaming: bool) -> _RejectedAioCall:
+    """What a rejected call hands back: a finished call, failed with the open-circuit error or served.
+
+    A finished call rather than a raise: OpenTelemetry's aio interceptor ends
+    its span only through a call's done callback.
+    """
+    assert admission.rejection is not None
+    rejection = AioGrpcCircuitOpenError.from_rejection(admission.rejection)
+    served = _aio_served(guard.fallback(admission.call, admission.breaker, rejection), streaming)
+    return _RejectedAioCall(rejection) if served is None else served
 
 
 def _aio_served(value: object | None, streaming: bool) -> _ServedAioCall | None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
-from .. import CircuitBreaker, Permit
+from .. import CircuitBreaker, CircuitOpenError, Permit
 from ..plugin import (
     Call,
     Verdict,
@@ -33,6 +34,7 @@ from ._grpc_policy import DEFAULT_FAILURE_CODE_NAMES, clean_target, parse_code_n
 
 __all__ = [
     "CANCELLED",
+    "Admission",
     "DEFAULT_FAILURE_CODES",
     "OK",
     "Guard",
@@ -72,6 +74,16 @@ def _parse_codes(breaker: CircuitBreaker, section: Mapping[str, Any]) -> frozens
 
 def service_of(method: str) -> str:
     return method.lstrip("/").partition("/")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A routed call: admitted (``permit``), or rejected by its open breaker (``rejection``)."""
+
+    breaker: CircuitBreaker
+    call: Call
+    permit: Permit | None
+    rejection: CircuitOpenError | None
 
 
 class Guard:
@@ -115,16 +127,18 @@ class Guard:
                 return None
         return breaker, call
 
-    @staticmethod
-    def acquire(breaker: CircuitBreaker) -> Permit:
-        """Admit one call and name the breaker on the current span.
-
-        Raises:
-            CircuitOpenError: the breaker rejected the call.
-        """
-        permit = breaker.acquire()
+    def admit(self, method: str | bytes, request: object) -> Admission | None:
+        """Route and admit one call, naming the breaker on the current span; None when nothing protects it."""
+        routed = self.route(method, request)
+        if routed is None:
+            return None
+        breaker, call = routed
+        try:
+            permit = breaker.acquire()
+        except CircuitOpenError as exc:
+            return Admission(breaker, call, None, exc)
         annotate_span(breaker)
-        return permit
+        return Admission(breaker, call, permit, None)
 
     @staticmethod
     def fallback(call: Call, breaker: CircuitBreaker, error: BaseException) -> object | None:

@@ -22,7 +22,7 @@ from grpc import (
 
 from .. import CircuitBreaker, CircuitOpenError, Permit
 from ..plugin import Call, Verdict, log_once
-from ._grpc_exchange import OK, Guard, Selector, guarded, served_value
+from ._grpc_exchange import OK, Admission, Guard, Selector, guarded, served_value
 
 __all__ = ["CircuitBreakerInterceptor", "GrpcCircuitOpenError", "protect_multicallable"]
 
@@ -158,16 +158,12 @@ class _Interceptor(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor,  #
     def _intercept(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any,
                    streaming_request: bool, streaming: bool) -> Any:
         guard = self._guard
-        routed = guard.route(details.method, None if streaming_request else request)
-        if routed is None:
+        admission = guard.admit(details.method, None if streaming_request else request)
+        if admission is None:
             return continuation(details, request)
-        breaker, call = routed
-        try:
-            permit = guard.acquire(breaker)
-        except CircuitOpenError as exc:
-            rejection = GrpcCircuitOpenError.from_rejection(exc)
-            served = _served(guard.fallback(call, breaker, rejection), streaming)
-            return rejection if served is None else served
+        breaker, call, permit = admission.breaker, admission.call, admission.permit
+        if permit is None:
+            return _refused(guard, admission, streaming)
         token = guarded.set(True)
         try:
             outcome = continuation(details, request)
@@ -223,6 +219,14 @@ class CircuitBreakerInterceptor(_Interceptor):
     def __init__(self, breaker: CircuitBreaker | None = None, *, selector: Selector | None = None,
                  target: str = "", failure_codes: Iterable[grpc.StatusCode | str] | None = None) -> None:
         super().__init__(Guard(breaker, selector, target, failure_codes, auto=False))
+
+
+def _refused(guard: Guard, admission: Admission, streaming: bool) -> Any:
+    """What a rejected call hands back: the open-circuit error as a finished call, or a fallback."""
+    assert admission.rejection is not None
+    rejection = GrpcCircuitOpenError.from_rejection(admission.rejection)
+    served = _served(guard.fallback(admission.call, admission.breaker, rejection), streaming)
+    return rejection if served is None else served
 
 
 def _served(value: object | None, streaming: bool) -> _ServedOutcome | None:
