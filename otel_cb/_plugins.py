@@ -18,6 +18,7 @@ skipped with a warning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 _logged: set[tuple[str, str]] = set()
 _logged_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_logged_lock=threading.Lock()))  # held at a fork
 
 
 def _log_once(key: tuple[str, str], message: str, *args: object, exc_info: bool = False) -> None:
