@@ -75,7 +75,6 @@ _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
-_NOT_HERE = object()  # the closed fast path's "not my case": the full rules decide
 NO_RESULT: object = object()  # ``on_success`` without a returned value to judge
 
 
@@ -217,17 +216,21 @@ class State:
 class Closed(State):
     """Calls are admitted and recorded; the rules (and a detector) decide when to open."""
 
-    __slots__ = ("window", "streak", "fast_successes", "fast_below", "detector")
+    __slots__ = ("window", "add_success", "streak", "streak_mark", "fast_successes", "fast_below", "detector")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         super().__init__(_CLOSED)
         window = breaker._window
         window.reset()
         self.window = window
-        self.streak = 0  # consecutive failures
+        self.add_success = window.add_success  # bound once: the hot path calls it
         # Successes of the fast path, added to the breaker's counters when the
-        # stay ends: one integer to bump instead of a counter and the streak.
+        # stay ends. They also end the failure streak: ``streak`` counts only
+        # while ``fast_successes`` still equals ``streak_mark`` (its value at
+        # the streak's last failure), so a fast success bumps one integer.
         self.fast_successes = 0
+        self.streak = 0
+        self.streak_mark = 0
         self.detector: FailureDetector | None = None
         self.fast_below = breaker._slow_at
         self.use_detector(breaker, breaker._detector)
@@ -247,35 +250,32 @@ class Closed(State):
         duration = end - start
         lock = breaker._lock
         lock.acquire()
-        try:
-            if self is not breaker._current or duration >= self.fast_below:
-                event: StateChangeEvent | object | None = _NOT_HERE
-            else:
-                event = None
-                self.fast_successes += 1
-                self.streak = 0
+        if self is breaker._current and duration < self.fast_below:
+            try:
+                self.fast_successes += 1  # ends the failure streak too (see __init__)
                 histogram = breaker._histogram
                 if histogram is not None:
                     histogram.record(0, duration)
-                if self.window.add_success(end):
-                    event = self.check_rates(breaker, end, None)
-        finally:
-            lock.release()
-        if event is None:
-            if breaker._shared is not None:
+                event = self.check_rates(breaker, end, None) if self.add_success(end) else None
+            finally:
+                lock.release()
+            if event is not None:
+                breaker._announce(event)
+            elif breaker._shared is not None:
                 _observers.call_safely(breaker._shared.on_outcome, "shared state", False, False)
-        elif event is _NOT_HERE:
-            State.on_success(self, breaker, start, end, result)
-        else:
-            breaker._announce(event)  # type: ignore[arg-type]
+            return
+        lock.release()
+        State.on_success(self, breaker, start, end, result)
 
     def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
               retry_after: float | None) -> StateChangeEvent | None:
         self.window.record(now, failed, slow)
         if failed:
-            self.streak += 1
+            streak = self.consecutive_failures() + 1
+            self.streak = streak
+            self.streak_mark = self.fast_successes
             threshold = breaker._config.failure_threshold
-            if threshold is not None and self.streak >= threshold:
+            if threshold is not None and streak >= threshold:
                 return trip(breaker, Reason.CONSECUTIVE_FAILURES, now, retry_after)
         else:
             self.streak = 0
@@ -287,6 +287,10 @@ class Closed(State):
             if isinstance(reason, Reason):
                 return trip(breaker, reason, now, retry_after)
         return event
+
+    def consecutive_failures(self) -> int:
+        """Failures since the last success of this stay. Lock held."""
+        return self.streak if self.fast_successes == self.streak_mark else 0
 
     def check_rates(self, breaker: CircuitBreaker, now: float, retry_after: float | None) -> StateChangeEvent | None:
         """Open if a rate rule fires on the window as it stands. Lock held."""
@@ -308,7 +312,7 @@ class Closed(State):
         # Read without aging the window: aging is the record path's job, which
         # re-checks the rate rules when it happens.
         total, failures, slow = self.window.counts(now)
-        return total, failures, slow, self.streak, 0, None
+        return total, failures, slow, self.consecutive_failures(), 0, None
 
 
 class Open(State):
