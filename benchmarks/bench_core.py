@@ -33,6 +33,7 @@ import asyncio
 import functools
 import gc
 import importlib
+import operator
 import os
 import statistics
 import sys
@@ -79,8 +80,7 @@ def _otel_cb_subject(name: str, module: str) -> Subject:
         config = package.CircuitBreakerConfig(open_timeout=OPEN_SECONDS, max_open_timeout=OPEN_SECONDS)
         return package.CircuitBreaker(breaker_name, config)
 
-    return Subject(name, build, call=lambda b, fn: functools.partial(b.call, fn),
-                   call_async=lambda b, fn: functools.partial(b.call_async, fn),
+    return Subject(name, build, call=_partial_call, call_async=_partial_call_async,
                    force_open=lambda b: b.force_open())
 
 
@@ -126,12 +126,14 @@ def _decorate_purgatory(breaker: Any, fn: Callable[..., Any]) -> Callable[..., A
     return factory(name)(fn)  # type: ignore[no-any-return]
 
 
+# ``breaker.call(fn)`` as users write it, the method looked up on every call,
+# with no Python frame of ours around it (both are C callables).
 def _partial_call(breaker: Any, fn: Callable[..., Any]) -> Callable[[], Any]:
-    return functools.partial(breaker.call, fn)
+    return functools.partial(operator.methodcaller("call", fn), breaker)
 
 
 def _partial_call_async(breaker: Any, fn: Callable[..., Any]) -> Callable[[], Any]:
-    return functools.partial(breaker.call_async, fn)
+    return functools.partial(operator.methodcaller("call_async", fn), breaker)
 
 
 def _pybreaker_open(breaker: Any) -> None:

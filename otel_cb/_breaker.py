@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _listeners, _observers, _states
-from ._calling import CallingStyles, _AsyncCaller, _Caller
+from ._calling import CallingStyles, FirstCall, _AsyncCaller, _Caller
 from ._config import CircuitBreakerConfig
 from ._permit import Permit
 from ._shared_link import SharedStateSync
@@ -139,8 +139,9 @@ class CircuitBreaker(CallingStyles):
         self._shared: SharedStateSync | None = None
         self._detector: _states.FailureDetector | None = None
         self._listeners: tuple[_listeners.Listener, ...] = ()
-        self._caller: _Caller | None = None
-        self._caller_async: _AsyncCaller | None = None
+        self._caller: _Caller
+        self._caller_async: _AsyncCaller
+        self._caller, self._caller_async = FirstCall.pair(self)
         self._window = _states.new_window(self)
         self._epoch = 0  # transitions so far (the shared-state backend matches probe leases by it)
         self._current: _states.State = _states.Closed(self)
@@ -266,7 +267,7 @@ class CircuitBreaker(CallingStyles):
                 calls={"success": successes, "failure": counters.failure,
                        "ignored": counters.ignored, "rejected": counters.rejected()},
                 slow_calls={"success": counters.slow_success, "failure": counters.slow_failure},
-                fallbacks=dict(counters.fallbacks),
+                fallbacks=counters.fallbacks(),
                 durations=self._histogram.data() if self._histogram is not None else {},
             )
 

@@ -21,7 +21,8 @@ import contextvars
 import functools
 import inspect
 import operator
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from ._states import State
     from ._stats import CallCounters
 
-__all__ = ["CallingStyles"]
+__all__ = ["CallingStyles", "FirstCall"]
 
 T = TypeVar("T")
 _CLOSED = CircuitState.CLOSED
@@ -75,6 +76,54 @@ class _AsyncCaller(Protocol):
     def __call__(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Awaitable[T]: ...
 
 
+_CALL_DOC = """Call ``fn(*args, **kwargs)`` if the breaker admits it: ``breaker.call(fn, *args, **kwargs)``.
+
+Returns:
+    What ``fn`` returned.
+
+Raises:
+    CircuitOpenError: when the call is rejected; ``fn`` is not called.
+    Exception: whatever ``fn`` raised, unchanged.
+"""
+
+_CALL_ASYNC_DOC = """Await ``fn(*args, **kwargs)`` if the breaker admits it: ``await breaker.call_async(fn)``.
+
+With ``call_timeout`` set, a call running longer is cancelled and raises
+``TimeoutError`` (``asyncio.TimeoutError`` before Python 3.11), counted as a
+failure whatever the exception rules say.
+
+Raises:
+    CircuitOpenError: when the call is rejected; ``fn`` is not called.
+    Exception: whatever ``fn`` raised, unchanged.
+"""
+
+
+class FirstCall:
+    """A breaker's ``call`` or ``call_async`` until the first call builds the real guard.
+
+    Holds the breaker weakly, so an idle breaker is still freed by reference
+    counting (the guards refer to their breaker: once built, the cycle
+    collector frees it).
+    """
+
+    __slots__ = ("_breaker", "_index")
+
+    def __init__(self, breaker: weakref.ref[CallingStyles], index: int) -> None:
+        self._breaker = breaker
+        self._index = index
+
+    def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        breaker = self._breaker()
+        assert breaker is not None, "a breaker called through is alive"
+        return breaker._make_callers()[self._index](fn, *args, **kwargs)
+
+    @classmethod
+    def pair(cls, breaker: CallingStyles) -> tuple[_Caller, _AsyncCaller]:
+        """Stand-ins for both guards of ``breaker``."""
+        ref = weakref.ref(breaker)
+        return cast(_Caller, cls(ref, 0)), cast(_AsyncCaller, cls(ref, 1))
+
+
 class CallingStyles:
     """The calling styles, mixed into ``CircuitBreaker`` (which holds the state they use)."""
 
@@ -89,37 +138,24 @@ class CallingStyles:
         _failed_result: Callable[[Any], bool] | None
         _counters: CallCounters
         _stack: contextvars.ContextVar[tuple[Permit, ...]] | None
-        _caller: _Caller | None
-        _caller_async: _AsyncCaller | None
+        _caller: _Caller
+        _caller_async: _AsyncCaller
 
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call ``fn(*args, **kwargs)`` if the breaker admits it.
+    if TYPE_CHECKING:
+        def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+            """See ``_CALL_DOC``."""
+            ...
 
-        Returns:
-            What ``fn`` returned.
-
-        Raises:
-            CircuitOpenError: when the call is rejected; ``fn`` is not called.
-            Exception: whatever ``fn`` raised, unchanged.
-        """
-        caller = self._caller or self._make_callers()[0]
-        return caller(fn, *args, **kwargs)
-
-    def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
-                   **kwargs: Any) -> Awaitable[T]:
-        """Await ``fn(*args, **kwargs)`` if the breaker admits it: ``await breaker.call_async(fn)``.
-
-        With ``call_timeout`` set, a call running longer is cancelled and
-        raises ``TimeoutError`` (``asyncio.TimeoutError`` before Python 3.11),
-        counted as a failure whatever the exception rules say.
-
-        Raises:
-            CircuitOpenError: when the call is rejected; ``fn`` is not called.
-            Exception: whatever ``fn`` raised, unchanged.
-        """
-        # Returns the guard's coroutine itself: one coroutine per call, not two.
-        caller = self._caller_async or self._make_callers()[1]
-        return caller(fn, *args, **kwargs)
+        def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
+                       **kwargs: Any) -> Coroutine[Any, Any, T]:
+            """See ``_CALL_ASYNC_DOC``."""
+            ...
+    else:
+        # ``breaker.call`` *is* its guard: ``attrgetter`` runs in C, so calling
+        # through it costs no Python frame but the guard's own (and
+        # ``call_async`` returns the guard's coroutine: one per call, not two).
+        call = property(operator.attrgetter("_caller"), doc=_CALL_DOC)
+        call_async = property(operator.attrgetter("_caller_async"), doc=_CALL_ASYNC_DOC)
 
     def _make_callers(self) -> tuple[_Caller, _AsyncCaller]:
         # Guards of ``_invoke`` take the function as first argument. Made on
@@ -257,11 +293,8 @@ class CallingStyles:
         """Count one fallback served: ``success``, ``failure`` (the fallback raised)
         or ``refused`` (a fail-closed answer). Integrations that serve their own
         fallbacks call this; ``call_with_fallback`` does it itself."""
-        fallbacks = self._counters.fallbacks
-        if outcome not in fallbacks:
-            raise ValueError(f"outcome: {outcome!r} is not allowed; use 'success', 'failure' or 'refused'")
         with self._lock:
-            fallbacks[outcome] += 1
+            self._counters.count_fallback(outcome)
         if _observers.observers:
             _observers.notify("fallback_served", self, outcome)
 

@@ -335,7 +335,7 @@ class Open(State):
         if not self.may_probe(now):
             # Rejecting while open takes no lock: the hot path while open.
             refused = CircuitOpenError(breaker.name, _OPEN, self.until - now)
-            breaker._counters.reject()
+            next(breaker._counters.rejections)
             if _observers.observers:
                 _observers.notify("call_rejected", breaker, refused)
             return refused
@@ -437,7 +437,7 @@ class ForcedOpen(State):
 
     def admit(self, breaker: CircuitBreaker) -> State | CircuitOpenError:
         refused = CircuitOpenError(breaker.name, _FORCED_OPEN, None)
-        breaker._counters.reject()
+        next(breaker._counters.rejections)
         if _observers.observers:
             _observers.notify("call_rejected", breaker, refused)
         return refused
@@ -487,7 +487,7 @@ def admit_under_lock(breaker: CircuitBreaker) -> State | CircuitOpenError:
     if event is not None:
         breaker._announce(event)
     if isinstance(admitted, CircuitOpenError):
-        breaker._counters.reject()
+        next(breaker._counters.rejections)
         if _observers.observers:
             _observers.notify("call_rejected", breaker, admitted)
     return admitted

@@ -14,13 +14,15 @@ import bisect
 import itertools
 from dataclasses import dataclass
 
-__all__ = ["CallCounters", "DEFAULT_BOUNDARIES", "DurationHistogram", "HistogramData", "OUTCOMES"]
+__all__ = ["CallCounters", "DEFAULT_BOUNDARIES", "DurationHistogram", "FALLBACK_OUTCOMES", "HistogramData", "OUTCOMES"]
 
 # OpenTelemetry's recommended boundaries for client-call durations, in seconds.
 DEFAULT_BOUNDARIES: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
 OUTCOMES = ("success", "failure", "ignored")
+FALLBACK_OUTCOMES = ("success", "failure", "refused")
+_FALLBACK_INDEX = {outcome: index for index, outcome in enumerate(FALLBACK_OUTCOMES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +43,19 @@ class CallCounters:
     not the total: read it through ``snapshot()``.
 
     Rejections are counted without the lock (rejecting while open takes none):
-    ``reject`` is an ``itertools.count``'s ``__next__``, one atomic step for the
-    interpreter. ``rejected()`` reads it by taking one more value and
+    ``next(counters.rejections)`` on an ``itertools.count`` is one atomic step
+    for the interpreter. ``rejected()`` reads it by taking one more value and
     subtracting the values earlier reads took.
     """
 
-    __slots__ = ("success", "failure", "ignored", "slow_success", "slow_failure", "fallbacks",
-                 "reject", "_reads")
+    __slots__ = ("success", "failure", "ignored", "slow_success", "slow_failure", "_fallbacks",
+                 "rejections", "_reads")
 
     def __init__(self) -> None:
         self.success = self.failure = self.ignored = 0
         self.slow_success = self.slow_failure = 0
-        self.fallbacks = {"success": 0, "failure": 0, "refused": 0}
-        self.reject = itertools.count().__next__
+        self._fallbacks = [0] * len(FALLBACK_OUTCOMES)
+        self.rejections = itertools.count()
         self._reads = 0
 
     def count(self, failed: bool, slow: bool) -> None:
@@ -65,9 +67,24 @@ class CallCounters:
             self.success += 1
             self.slow_success += slow
 
+    def count_fallback(self, outcome: str) -> None:
+        """One fallback served.
+
+        Raises:
+            ValueError: for an outcome not in ``FALLBACK_OUTCOMES``.
+        """
+        try:
+            self._fallbacks[_FALLBACK_INDEX[outcome]] += 1
+        except KeyError:
+            raise ValueError(f"outcome: {outcome!r} is not allowed; use 'success', 'failure' or 'refused'") from None
+
+    def fallbacks(self) -> dict[str, int]:
+        """Fallbacks served, by outcome."""
+        return dict(zip(FALLBACK_OUTCOMES, self._fallbacks, strict=True))
+
     def rejected(self) -> int:
         """Rejections so far (the breaker's lock held: reads must not interleave)."""
-        taken = self.reject() - self._reads
+        taken = next(self.rejections) - self._reads
         self._reads += 1
         return taken
 

@@ -19,6 +19,7 @@ import math
 __all__ = ["CountWindow", "TimeWindow", "Window"]
 
 _NEVER = -math.inf
+_UNALLOCATED: list[int] = []
 
 
 class TimeWindow:
@@ -37,9 +38,10 @@ class TimeWindow:
     def __init__(self, size: float, check_at: int = 0) -> None:
         self._n = min(60, max(10, math.ceil(size)))
         self._width = size / self._n
-        self._calls: list[int] = []
-        self._failures: list[int] = []
-        self._slow: list[int] = []
+        # One shared empty list until the first call: never mutated, replaced whole by ``_advance``.
+        self._calls: list[int] = _UNALLOCATED
+        self._failures: list[int] = _UNALLOCATED
+        self._slow: list[int] = _UNALLOCATED
         self._head = 0  # index of the newest bucket (clock time // width)
         self._head_slot = 0  # where the newest bucket sits in the lists
         self._head_end = _NEVER  # clock time at which the newest bucket ends

@@ -8,8 +8,7 @@ import weakref
 
 import pytest
 
-from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
-from otel_cb import _states
+from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, _states
 from otel_cb._state import Reason
 
 from .conftest import FakeClock
