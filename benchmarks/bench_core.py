@@ -74,11 +74,15 @@ class Subject:
 
 
 def _otel_cb_subject(name: str, module: str) -> Subject:
+    configs: list[Any] = []
+
     def build(breaker_name: str) -> Any:
         package = importlib.import_module(module)
-        # The default config (all three rules on), open for an hour once tripped.
-        config = package.CircuitBreakerConfig(open_timeout=OPEN_SECONDS, max_open_timeout=OPEN_SECONDS)
-        return package.CircuitBreaker(breaker_name, config)
+        if not configs:
+            # The default config (all three rules on), open for an hour once
+            # tripped; one for all, as a service shares its config objects.
+            configs.append(package.CircuitBreakerConfig(open_timeout=OPEN_SECONDS, max_open_timeout=OPEN_SECONDS))
+        return package.CircuitBreaker(breaker_name, configs[0])
 
     return Subject(name, build, call=_partial_call, call_async=_partial_call_async,
                    force_open=lambda b: b.force_open())
