@@ -145,7 +145,7 @@ def _pybreaker_open(breaker: Any) -> None:
 
 
 def subjects() -> list[Subject]:
-    """otel-cb first, then the competitors, then the baseline copy if one is set."""
+    """otel-cb first (then the baseline copy, if one is set), then the competitors."""
     found = [
         _otel_cb_subject("otel-cb", "otel_cb"),
         # Its async support needs Tornado; open() is its forced open (until the timeout).
@@ -162,7 +162,8 @@ def subjects() -> list[Subject]:
         path = Path(baseline).resolve()
         if str(path.parent) not in sys.path:
             sys.path.insert(0, str(path.parent))
-        found.append(_otel_cb_subject(f"otel-cb baseline ({path.name})", path.name))
+        # Beside otel-cb, so the two are timed back to back in every round.
+        found.insert(1, _otel_cb_subject(f"otel-cb baseline ({path.name})", path.name))
     return found
 
 
@@ -217,51 +218,57 @@ def _boom() -> int:
 
 
 def _measure_calls(subjects: list[Subject], calls: int, rounds: int) -> dict[tuple[str, str], list[float]]:
-    """Per (library, form), the figure of every round (overheads net of the bare call)."""
-    sync_timed: dict[tuple[str, str], Sync] = {("bare", "sync"): _bare}
-    async_timed: dict[tuple[str, str], Callable[[], Any]] = {("bare", "async"): _abare}
-    rejected: dict[tuple[str, str], Sync] = {}
+    """Per (library, form), the figure of every round (overheads net of that round's bare call).
+
+    A round times one form after another, every library back to back within a
+    form, its bare call first: figures compared with each other are measured
+    moments apart, so a burst of load on a shared machine hits them alike.
+    """
+    plan: dict[str, dict[str, Callable[[], Any]]] = {form: {} for form in FORMS}
+    plan["sync"]["bare"] = plan["call"]["bare"] = _bare
+    plan["async"]["bare"] = plan["call_async"]["bare"] = _abare
     for s in subjects:
-        sync_timed[(s.name, "sync")] = s.decorate(s.build(f"bench_{s.name}"), _bare)
+        plan["sync"][s.name] = s.decorate(s.build(f"bench_{s.name}"), _bare)
         if s.call is not None:
-            sync_timed[(s.name, "call")] = s.call(s.build(f"bench_call_{s.name}"), _bare)
+            plan["call"][s.name] = s.call(s.build(f"bench_call_{s.name}"), _bare)
         if s.async_ok:
-            async_timed[(s.name, "async")] = s.decorate(s.build(f"bench_async_{s.name}"), _abare)
+            plan["async"][s.name] = s.decorate(s.build(f"bench_async_{s.name}"), _abare)
         if s.call_async is not None:
-            async_timed[(s.name, "call_async")] = s.call_async(s.build(f"bench_call_async_{s.name}"), _abare)
+            plan["call_async"][s.name] = s.call_async(s.build(f"bench_call_async_{s.name}"), _abare)
         tripped = s.decorate(s.build(f"bench_open_{s.name}"), _boom)
         _trip(tripped)
-        rejected[(s.name, "reject")] = tripped
+        plan["reject"][s.name] = tripped
         if s.force_open is not None:
             breaker = s.build(f"bench_forced_{s.name}")
             s.force_open(breaker)
-            rejected[(s.name, "forced")] = s.decorate(breaker, _boom)
-    for fn in sync_timed.values():
+            plan["forced"][s.name] = s.decorate(breaker, _boom)
+    for fn in plan["sync"].values():
         assert fn() == 1
 
     loop = asyncio.new_event_loop()
-    times: dict[tuple[str, str], list[float]] = {}
+    figures: dict[tuple[str, str], list[float]] = {}
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
         for _ in range(rounds):
-            for key, fn in sync_timed.items():
-                times.setdefault(key, []).append(_time_sync(fn, calls))
-            for key, afn in async_timed.items():
-                times.setdefault(key, []).append(loop.run_until_complete(_time_async(afn, calls)))
-            for key, fn in rejected.items():
-                times.setdefault(key, []).append(_time_rejections(fn, calls))
+            for form, fns in plan.items():
+                bare = 0.0
+                for name, fn in fns.items():
+                    if form in ("async", "call_async"):
+                        taken = loop.run_until_complete(_time_async(fn, calls))
+                    elif form in ("reject", "forced"):
+                        taken = _time_rejections(fn, calls)
+                    else:
+                        taken = _time_sync(fn, calls)
+                    if name == "bare":
+                        bare = taken
+                    else:
+                        figures.setdefault((name, form), []).append(taken - bare)
+                gc.collect()  # outside the timing: what a competitor left behind costs it nothing
     finally:
         if gc_was_on:
             gc.enable()
         loop.close()
-    figures: dict[tuple[str, str], list[float]] = {}
-    for (name, form), values in times.items():
-        if name == "bare":
-            continue
-        bare = times[("bare", "async" if form in ("async", "call_async") else "sync")] if form not in (
-            "reject", "forced") else [0.0] * rounds
-        figures[(name, form)] = [value - base for value, base in zip(values, bare, strict=True)]
     return figures
 
 
@@ -296,7 +303,7 @@ def _paired_ratio(figures: dict[tuple[str, str], list[float]], a: str, b: str, f
 
 def run(quick: bool) -> str:
     """Measure every subject and return the markdown tables."""
-    calls, rounds, breakers = (2_000, 3, 500) if quick else (100_000, 9, 10_000)
+    calls, rounds, breakers = (2_000, 3, 500) if quick else (50_000, 15, 10_000)
     found = subjects()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some competitors warn about deprecated loop APIs
@@ -334,7 +341,7 @@ def run(quick: bool) -> str:
     rows += ["", "| target | otel-cb / reference | limit | |", "|---|---|---|---|"]
     rows += [f"| {label} | {value:.2f} | {limit:.2f} | {verdict(value <= limit)} |"
              for label, value, limit in targets if value is not None]
-    baseline = found[-1].name if found[-1].name.startswith("otel-cb baseline") else None
+    baseline = next((s.name for s in found if s.name.startswith("otel-cb baseline")), None)
     if baseline is not None:
         rows += ["", f"| form | otel-cb / {baseline} (median of paired rounds) |", "|---|---|"]
         for form in FORMS:

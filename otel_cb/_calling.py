@@ -53,21 +53,6 @@ def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 _invoke: Callable[..., Any] = getattr(operator, "call", _call)
 
 
-def _admit(stay: State, breaker: CircuitBreaker) -> State:
-    """Admission when not closed: the stay the call is admitted in.
-
-    Raises:
-        CircuitOpenError: when the call is rejected.
-    """
-    admitted = stay.admit(breaker)
-    if isinstance(admitted, CircuitOpenError):
-        try:
-            raise admitted
-        finally:
-            del admitted  # no error -> traceback -> frame -> error cycle: a rejection is freed at once
-    return admitted
-
-
 class _Caller(Protocol):
     def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
 
@@ -173,7 +158,7 @@ class CallingStyles:
         def guarded(*args: Any, **kwargs: Any) -> T:
             stay = breaker._current
             if stay.kind is not _CLOSED:
-                stay = _admit(stay, breaker)
+                stay = stay.admit(breaker)  # raises CircuitOpenError on a rejection
             start = clock()
             try:
                 result = fn(*args, **kwargs)
@@ -192,7 +177,7 @@ class CallingStyles:
         async def guarded(*args: Any, **kwargs: Any) -> T:
             stay = breaker._current
             if stay.kind is not _CLOSED:
-                stay = _admit(stay, breaker)
+                stay = stay.admit(breaker)  # raises CircuitOpenError on a rejection
             start = clock()
             try:
                 if timeout is None:
@@ -219,7 +204,7 @@ class CallingStyles:
         """
         stay = self._current
         if stay.kind is not _CLOSED:
-            stay = _admit(stay, self)  # type: ignore[arg-type]
+            stay = stay.admit(self)  # type: ignore[arg-type]  # raises CircuitOpenError on a rejection
         return Permit(self, stay, self._clock())  # type: ignore[arg-type]
 
     # -- fallbacks -------------------------------------------------------------

@@ -17,8 +17,7 @@ new object and swaps it in whole as ``breaker._current``; nothing tests a state
 enum to decide what a call does. Every state answers the same questions:
 
 - ``admit(breaker)``: may a call go? Returns the stay the call is admitted in
-  (its outcome is reported back to that object) or the ``CircuitOpenError`` to
-  raise. ``Closed`` and ``Disabled`` admit without the lock; ``Open`` and
+  (its outcome is reported back to that object), or raises ``CircuitOpenError``. ``Closed`` and ``Disabled`` admit without the lock; ``Open`` and
   ``ForcedOpen`` reject without it; ``HalfOpen`` takes it.
 - ``on_success``, ``on_result``, ``on_exception``, ``on_outcome``,
   ``on_ignored``, ``release``, ``drop``: the outcome of a call admitted in this
@@ -110,12 +109,17 @@ class State:
 
     # -- admission ---------------------------------------------------------------
 
-    def admit(self, breaker: CircuitBreaker) -> State | CircuitOpenError:
-        """Admit one call: the stay it is admitted in, or the rejection to raise."""
+    def admit(self, breaker: CircuitBreaker) -> State:
+        """Admit one call: the stay it is admitted in.
+
+        Raises:
+            CircuitOpenError: when the call is rejected (counted, and told to the observers).
+        """
         return self
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
-        """``admit`` for a caller that holds the lock (see ``admit_under_lock``)."""
+        """``admit`` for a caller that holds the lock (see ``admit_under_lock``):
+        returns the rejection instead of raising it."""
         return self
 
     # -- outcomes ----------------------------------------------------------------
@@ -330,7 +334,7 @@ class Open(State):
         this is decided (without the lock: the stay's fields never change)."""
         return now >= self.until
 
-    def admit(self, breaker: CircuitBreaker) -> State | CircuitOpenError:
+    def admit(self, breaker: CircuitBreaker) -> State:
         now = breaker._clock()
         if not self.may_probe(now):
             # Rejecting while open takes no lock: the hot path while open.
@@ -338,7 +342,10 @@ class Open(State):
             next(breaker._counters.rejections)
             if _observers.observers:
                 _observers.notify("call_rejected", breaker, refused)
-            return refused
+            try:
+                raise refused
+            finally:
+                del refused  # no error -> traceback -> frame -> error cycle: freed at once
         return admit_under_lock(breaker)
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
@@ -369,7 +376,7 @@ class HalfOpen(State):
         # admission or snapshot: a finaliser may run while this thread holds the lock.
         self.orphans: list[None] = []
 
-    def admit(self, breaker: CircuitBreaker) -> State | CircuitOpenError:
+    def admit(self, breaker: CircuitBreaker) -> State:
         return admit_under_lock(breaker)
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
@@ -435,12 +442,15 @@ class ForcedOpen(State):
     def __init__(self, reopenings: int) -> None:
         super().__init__(_FORCED_OPEN, reopenings)
 
-    def admit(self, breaker: CircuitBreaker) -> State | CircuitOpenError:
+    def admit(self, breaker: CircuitBreaker) -> State:
         refused = CircuitOpenError(breaker.name, _FORCED_OPEN, None)
         next(breaker._counters.rejections)
         if _observers.observers:
             _observers.notify("call_rejected", breaker, refused)
-        return refused
+        try:
+            raise refused
+        finally:
+            del refused  # no error -> traceback -> frame -> error cycle: freed at once
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
         return CircuitOpenError(breaker.name, _FORCED_OPEN, None)
@@ -466,11 +476,14 @@ class Disabled(State):
         pass
 
 
-def admit_under_lock(breaker: CircuitBreaker) -> State | CircuitOpenError:
+def admit_under_lock(breaker: CircuitBreaker) -> State:
     """Admission that needs the lock: open -> half-open once a probe may go, probe slots.
 
     The transition and the first probe's admission happen under one lock, so
     the call that moves the breaker to half-open is its first probe.
+
+    Raises:
+        CircuitOpenError: when the call is rejected.
     """
     now = breaker._clock()
     event = None
@@ -490,6 +503,10 @@ def admit_under_lock(breaker: CircuitBreaker) -> State | CircuitOpenError:
         next(breaker._counters.rejections)
         if _observers.observers:
             _observers.notify("call_rejected", breaker, admitted)
+        try:
+            raise admitted
+        finally:
+            del admitted  # no error -> traceback -> frame -> error cycle: freed at once
     return admitted
 
 
