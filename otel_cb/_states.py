@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from . import _observers
 from ._errors import CircuitOpenError
@@ -338,14 +338,11 @@ class Open(State):
         now = breaker._clock()
         if not self.may_probe(now):
             # Rejecting while open takes no lock: the hot path while open.
-            refused = CircuitOpenError(breaker.name, _OPEN, self.until - now)
             next(breaker._counters.rejections)
             if _observers.observers:
-                _observers.notify("call_rejected", breaker, refused)
-            try:
-                raise refused
-            finally:
-                del refused  # no error -> traceback -> frame -> error cycle: freed at once
+                _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, self.until - now))
+            # Raised unnamed: no error -> traceback -> frame -> error cycle, so it is freed at once.
+            raise CircuitOpenError(breaker.name, _OPEN, self.until - now)
         return admit_under_lock(breaker)
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
@@ -443,14 +440,10 @@ class ForcedOpen(State):
         super().__init__(_FORCED_OPEN, reopenings)
 
     def admit(self, breaker: CircuitBreaker) -> State:
-        refused = CircuitOpenError(breaker.name, _FORCED_OPEN, None)
         next(breaker._counters.rejections)
         if _observers.observers:
-            _observers.notify("call_rejected", breaker, refused)
-        try:
-            raise refused
-        finally:
-            del refused  # no error -> traceback -> frame -> error cycle: freed at once
+            _raise_observed(breaker, CircuitOpenError(breaker.name, _FORCED_OPEN, None))
+        raise CircuitOpenError(breaker.name, _FORCED_OPEN, None)  # unnamed: see Open.admit
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
         return CircuitOpenError(breaker.name, _FORCED_OPEN, None)
@@ -501,13 +494,18 @@ def admit_under_lock(breaker: CircuitBreaker) -> State:
         breaker._announce(event)
     if isinstance(admitted, CircuitOpenError):
         next(breaker._counters.rejections)
-        if _observers.observers:
-            _observers.notify("call_rejected", breaker, admitted)
-        try:
-            raise admitted
-        finally:
-            del admitted  # no error -> traceback -> frame -> error cycle: freed at once
+        _raise_observed(breaker, admitted)
     return admitted
+
+
+def _raise_observed(breaker: CircuitBreaker, refused: CircuitOpenError) -> NoReturn:
+    """Tell the observers of a rejection (telemetry counts them), then raise it."""
+    if _observers.observers:
+        _observers.notify("call_rejected", breaker, refused)
+    try:
+        raise refused
+    finally:
+        del refused  # no error -> traceback -> frame -> error cycle: freed at once
 
 
 def enter(breaker: CircuitBreaker, state: State, reason: Reason, now: float,
