@@ -243,7 +243,8 @@ class Closed(State):
         """Consult ``detector`` from now on (None: the built-in rules only). Lock held."""
         self.detector = detector
         # With a detector, or results to judge, every outcome takes the full
-        # rules: no duration is below -inf. The hot path tests nothing more.
+        # rules: no duration is below -inf. The hot path tests nothing more
+        # (``leave`` sets the same bound).
         fast = detector is None and breaker._failed_result is None
         self.fast_below = breaker._slow_at if fast else -math.inf
         if detector is not None:
@@ -254,7 +255,7 @@ class Closed(State):
         duration = end - start
         lock = breaker._lock
         lock.acquire()
-        if self is breaker._current and duration < self.fast_below:
+        if duration < self.fast_below:  # -inf once the stay has ended (see leave)
             try:
                 self.fast_successes += 1  # ends the failure streak too (see __init__)
                 histogram = breaker._histogram
@@ -311,6 +312,9 @@ class Closed(State):
     def leave(self, breaker: CircuitBreaker) -> None:
         breaker._counters.success += self.fast_successes
         self.fast_successes = 0
+        # An ended stay's outcomes are stale: they take the full path, which
+        # counts them and moves nothing. The hot path tests only this bound.
+        self.fast_below = -math.inf
 
     def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
         # Read without aging the window: aging is the record path's job, which
