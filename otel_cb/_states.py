@@ -135,12 +135,13 @@ class State:
         """The call returned ``result``: a success unless ``is_failure_result`` says otherwise.
         A raising predicate is logged once and the call counts as a success."""
         failed_result = breaker._failed_result
-        if failed_result is not None and _observers.call_safely(
-            failed_result, f"is_failure_result of circuit breaker {breaker.name!r}", result, default=False
-        ):
-            self.on_outcome(breaker, start, end, True)
-        else:
-            self.on_success(breaker, start, end)
+        if failed_result is None:
+            self.on_success(breaker, start, end)  # the closed state's fast path
+            return
+        failed = _observers.call_safely(
+            failed_result, f"is_failure_result of circuit breaker {breaker.name!r}", result, default=False)
+        # Judged results always take the full rules (the fast path has nothing to judge with).
+        self.on_outcome(breaker, start, end, bool(failed))
 
     def on_exception(self, breaker: CircuitBreaker, start: float, end: float, exc: BaseException) -> Verdict | None:
         """The call raised ``exc``: classify it and record the verdict, which is returned."""
