@@ -7,11 +7,18 @@ broken listener cannot flood the host's logs.
 
 Observers are process-wide (telemetry, the plugin manager, shared state) and
 see every breaker; listeners belong to one breaker (``CircuitBreaker.add_listener``).
+
+Telemetry is on by default: ``default_telemetry`` stands in for it until the
+first breaker is made, then loads ``otel_cb.telemetry`` (OpenTelemetry's API,
+never the SDK) and steps aside, so importing otel-cb alone loads no
+OpenTelemetry. The lock and the set of live breakers are made anew in a child
+process after ``fork``, so a parent thread that held them cannot block it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -22,7 +29,8 @@ if TYPE_CHECKING:
     from ._errors import CircuitOpenError
     from ._state import StateChangeEvent
 
-__all__ = ["Observer", "add_observer", "remove_observer", "observers", "call_safely", "live_breakers"]
+__all__ = ["Observer", "add_observer", "call_safely", "default_telemetry", "live_breakers", "observers",
+           "remove_observer"]
 
 logger = logging.getLogger("otel_cb")
 
@@ -43,10 +51,39 @@ class Observer(Protocol):
 # breakers made before it; weak, so it never keeps one alive.
 live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
+class _DefaultTelemetry:
+    """Turns telemetry on when the first breaker is made (unless the application opted out)."""
+
+    def breaker_created(self, breaker: CircuitBreaker) -> None:
+        remove_observer(self)
+        try:
+            from .telemetry import _core
+        except ImportError:  # OpenTelemetry's API is not installed: no telemetry
+            logger.debug("otel-cb: no telemetry (OpenTelemetry API not importable)", exc_info=True)
+            return
+        _core.enable_by_default()
+        if _core.telemetry.enabled:
+            # Registered after this breaker's creation was announced.
+            _core.telemetry.breaker_created(breaker)
+
+
+default_telemetry = _DefaultTelemetry()
+
 # A tuple, replaced whole on change, so the call path reads it without a lock.
-observers: tuple[Any, ...] = ()
+observers: tuple[Any, ...] = (default_telemetry,)
 _lock = threading.Lock()
 _already_logged: set[tuple[int, str]] = set()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, live_breakers
+    _lock = threading.Lock()
+    # A WeakSet being iterated at fork stays "iterating" in the child forever
+    # (removals would pile up); a copy starts clean.
+    live_breakers = weakref.WeakSet(list(live_breakers))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def add_observer(observer: object) -> None:

@@ -553,7 +553,7 @@ def test_a_failing_exporter_is_noticed_once_and_its_recovery_once(caplog: pytest
         def export(self, spans: Any) -> SpanExportResult:
             return self.results.pop(0)
 
-    exporter = _NoticingSpanExporter(Flaky())
+    exporter = _NoticingSpanExporter(Flaky)
     with caplog.at_level(logging.INFO, logger="otel_cb"):
         outcomes = [exporter.export([]) for _ in range(6)]
     assert outcomes.count(SpanExportResult.FAILURE) == 4
@@ -562,10 +562,10 @@ def test_a_failing_exporter_is_noticed_once_and_its_recovery_once(caplog: pytest
     assert "span export failed" in notices[0] and "works again" in notices[1] and "span export failed" in notices[2]
 
 
-def test_a_broken_duration_export_costs_only_the_histogram(
+def test_a_broken_collection_costs_only_otel_cbs_metrics(
     otel: Otel, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from otel_cb.telemetry import _durations
+    from otel_cb.telemetry import _metrics
 
     def broken() -> None:
         raise RuntimeError("bug")
@@ -573,13 +573,17 @@ def test_a_broken_duration_export_costs_only_the_histogram(
     name = unique("broken")
     breaker = CircuitBreaker(name, clock=clock)
     breaker.call(lambda: None)
-    monkeypatch.setattr(_durations, "duration_metric", broken)
+    metrics.get_meter("tests").create_counter("app.requests").add(1)
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 1
+    monkeypatch.setattr(_metrics._collector, "collect", broken)
     with caplog.at_level(logging.ERROR, logger="otel_cb"):
-        assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 1
-        assert otel.points("circuit_breaker.call.duration", name) == {}
-        otel.metrics()
+        for _ in range(2):
+            data = otel.reader.get_metrics_data()
+            assert data is not None
+            names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+            assert "app.requests" in names  # the application's metrics go on
     assert [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()] == [
-        "otel-cb could not export circuit_breaker.call.duration; other metrics go on"]
+        "otel-cb could not export its metrics; other metrics go on"]
 
 
 def test_enable_before_the_providers_are_installed_reports_once_they_are() -> None:
