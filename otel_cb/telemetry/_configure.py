@@ -415,17 +415,26 @@ class _Noticing:
         return self._notice.failing or self._given_up
 
     def give_up(self) -> None:
-        """Stop at once: a retry waiting or a request in flight ends, what is left is dropped."""
+        """Stop at once: a retry waiting or a request in flight ends, what is left is dropped.
+
+        The exporter's own shutdown runs in a daemon thread, waited for only
+        briefly: closing a channel may wait on a lock its stuck export holds.
+        """
         self._given_up = True
-        self._shutdown_inner()
+        closing = threading.Thread(target=self._shutdown_inner, name="otel-cb-exporter-shutdown", daemon=True)
+        closing.start()
+        closing.join(0.05)
 
     def _shutdown_inner(self) -> None:
-        if not self._shut:
-            self._shut = True
-            try:
-                self._exporter.shutdown()
-            except Exception:
-                logger.debug("otel-cb: exporter shutdown raised", exc_info=True)
+        if self._shut:
+            return
+        self._shut = True
+        if self._forked:
+            return  # the parent's exporter: its channel and locks are not this process's to touch
+        try:
+            self._exporter.shutdown()
+        except Exception:
+            logger.debug("otel-cb: exporter shutdown raised", exc_info=True)
 
     def _after_fork(self) -> None:
         self._notice._reinit()

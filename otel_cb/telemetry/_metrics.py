@@ -249,7 +249,10 @@ def hook(reader: MetricReader) -> MetricReader:
         return reader
 
     def receive_with_breakers(metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
-        receive(_extend(metrics_data), timeout_millis=timeout_millis, **kwargs)
+        metrics_data = _extend(metrics_data)
+        # Only the hook's point, and no breaker: nothing to export, as the SDK does when it has no data.
+        if any(rm.scope_metrics for rm in metrics_data.resource_metrics):
+            receive(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
     setattr(receive_with_breakers, _MARK, True)
     # An instance attribute shadows the class's method for this reader only.
