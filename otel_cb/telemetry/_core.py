@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry._logs import SeverityNumber
@@ -151,7 +151,7 @@ class _Telemetry:
             self._events = _logs.get_logger(SCOPE, __version__)
             if not self._instruments_created:
                 metrics.get_meter(SCOPE, __version__).create_observable_gauge(
-                    COLLECTION_HOOK, [self._collecting],
+                    COLLECTION_HOOK, _Callbacks([self._collecting]),
                     description="otel-cb's collection hook; its point never leaves the process",
                 )
                 self._instruments_created = True
@@ -272,6 +272,21 @@ class _Telemetry:
         # The record takes the current context, so it is correlated with the current span.
         events.emit(event_name=name, attributes={"event.name": name, **attributes}, body=body,
                     severity_number=severity, severity_text=severity.name)
+
+
+class _Callbacks(list[Callable[[CallbackOptions], Iterable[Observation]]]):
+    """The hook gauge's callbacks, which also tell when an SDK meter provider appears.
+
+    The API has no event for a provider being installed; but a real meter
+    reads an observable instrument's callbacks when it makes the instrument,
+    which the API's proxy does the moment the application sets its provider.
+    Duration buckets start then, not at the first collection.
+    """
+
+    def __iter__(self) -> Iterator[Callable[[CallbackOptions], Iterable[Observation]]]:
+        if telemetry.enabled and not telemetry.histogram_enabled:
+            telemetry.enable_histograms()
+        return super().__iter__()
 
 
 def _has_meter_provider() -> bool:
