@@ -91,33 +91,47 @@ METRICS: dict[str, tuple[str, str, str]] = {
 }
 
 _new = object.__new__
-
-
-def _number(attributes: dict[str, str], start: int | None, now: int, value: float) -> NumberDataPoint:
-    # The frozen dataclass's __init__ costs twice what the rest of a point does;
-    # the fields are the same, set at once.
-    point: NumberDataPoint = _new(NumberDataPoint)
-    vars(point).update(attributes=attributes, start_time_unix_nano=start, time_unix_nano=now, value=value,
-                       exemplars=())
-    return point
+# The number metrics, in the order of a breaker's flat value list (see _values).
+_NUMBERS = ("circuit_breaker.calls", "circuit_breaker.slow_calls", "circuit_breaker.fallbacks",
+            "circuit_breaker.time_in_state", "circuit_breaker.state", "circuit_breaker.failure_rate",
+            "circuit_breaker.slow_call_rate", "circuit_breaker.buffered_calls")
+_CALLS, _SLOW, _FALLBACKS, _TIME, _STATE, _FAILURE_RATE, _SLOW_RATE, _BUFFERED = range(len(_NUMBERS))
 
 
 class _Name:
-    """What stays the same for one breaker name between collections: attribute dicts and the start time."""
+    """What stays the same for one breaker name between collections: attributes, start time, layout.
 
-    __slots__ = ("alone", "attributes", "name", "start")
+    ``layout`` says, for each value of the breaker's flat value list, which
+    metric it belongs to, with which attributes and start time; it is made
+    once per name (and again only if the snapshot's keys change).
+    """
+
+    __slots__ = ("alone", "keys", "layout", "name", "one_hot", "start")
 
     def __init__(self, name: str, start: int) -> None:
         self.name = name
         self.start = start
         self.alone = {ATTR_NAME: name}
-        self.attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self.keys: tuple[tuple[Any, ...], ...] = ()
+        self.layout: list[tuple[int, dict[str, str], int | None]] = []
+        self.one_hot: dict[CircuitState, tuple[int, ...]] = {}
 
-    def of(self, key: str, value: str) -> dict[str, str]:
-        found = self.attributes.get((key, value))
-        if found is None:
-            found = self.attributes[(key, value)] = {ATTR_NAME: self.name, key: value}
-        return found
+    def layout_for(self, keys: tuple[tuple[Any, ...], ...]) -> list[tuple[int, dict[str, str], int | None]]:
+        """The layout for a snapshot whose dicts have these keys, in this order (calls, slow
+        calls, fallbacks, states); the states' order is also that of the one-hot state values."""
+        if keys != self.keys:
+            name, start, alone = self.name, self.start, self.alone
+            layout: list[tuple[int, dict[str, str], int | None]] = [
+                (index, {ATTR_NAME: name, ATTR_OUTCOME: outcome}, start)
+                for index, outcomes in zip((_CALLS, _SLOW, _FALLBACKS), keys, strict=False) for outcome in outcomes]
+            states: tuple[CircuitState, ...] = keys[3]
+            by_state = [{ATTR_NAME: name, ATTR_STATE: state.value} for state in states]
+            layout += [(_TIME, attributes, start) for attributes in by_state]
+            layout += [(_STATE, attributes, None) for attributes in by_state]
+            layout += [(_FAILURE_RATE, alone, None), (_SLOW_RATE, alone, None), (_BUFFERED, alone, None)]
+            self.one_hot = {state: tuple(int(other is state) for other in states) for state in _STATES}
+            self.keys, self.layout = keys, layout
+        return self.layout
 
 
 class _Collector:
@@ -146,7 +160,7 @@ class _Collector:
             row = rows.get(snap.name)
             if row is None:
                 rows[snap.name] = [snap.calls, snap.slow_calls, snap.fallbacks, snap.time_in_state, snap,
-                                   local, dict(snap.durations), {}]
+                                   local, snap.durations, None]
                 continue
             pairs: tuple[tuple[dict[Any, Any], dict[Any, Any]], ...] = (
                 (row[0], snap.calls), (row[1], snap.slow_calls), (row[2], snap.fallbacks), (row[3], snap.time_in_state))
@@ -156,48 +170,46 @@ class _Collector:
             row[4] = snap
             if local is not None:
                 row[5] = local
-            _merge_durations(row[6], snap.durations)
+            row[6] = _merge_durations(row[6], snap.durations)
         for breaker, counts in telemetry.transitions():
             row = rows.get(breaker.name)
             if row is not None:
+                moves = row[7] = row[7] or {}
                 for key, count in counts.items():
-                    row[7][key] = row[7].get(key, 0) + count
+                    moves[key] = moves.get(key, 0) + count
 
         names, old = {}, self._names
-        points: dict[str, list[Any]] = {name: [] for name in METRICS}
-        calls, slow, fallbacks, time_in = (points["circuit_breaker.calls"], points["circuit_breaker.slow_calls"],
-                                           points["circuit_breaker.fallbacks"], points["circuit_breaker.time_in_state"])
-        state, failure_rate = points["circuit_breaker.state"], points["circuit_breaker.failure_rate"]
-        slow_rate, buffered = points["circuit_breaker.slow_call_rate"], points["circuit_breaker.buffered_calls"]
-        transitions, local_points = points["circuit_breaker.transitions"], points["circuit_breaker.shared_state.local"]
-        durations = points[DURATION_METRIC]
-        for name, (n_calls, n_slow, n_fallbacks, seconds, snap, local, histograms, moves) in rows.items():
+        numbers: list[list[NumberDataPoint]] = [[] for _ in _NUMBERS]
+        appenders = [points.append for points in numbers]
+        transitions: list[NumberDataPoint] = []
+        local_points: list[NumberDataPoint] = []
+        durations: list[HistogramDataPoint] = []
+        new = _new
+        for name, (calls, slow, fallbacks, seconds, snap, local, histograms, moves) in rows.items():
             cached = names[name] = old.get(name) or _Name(name, now)
-            start, of = cached.start, cached.of
-            for outcome, count in n_calls.items():
-                calls.append(_number(of(ATTR_OUTCOME, outcome), start, now, count))
-            for outcome, count in n_slow.items():
-                slow.append(_number(of(ATTR_OUTCOME, outcome), start, now, count))
-            for outcome, count in n_fallbacks.items():
-                fallbacks.append(_number(of(ATTR_OUTCOME, outcome), start, now, count))
-            current = snap.state
-            for each in _STATES:
-                attributes = of(ATTR_STATE, each.value)
-                time_in.append(_number(attributes, start, now, seconds.get(each, 0.0)))
-                state.append(_number(attributes, None, now, 1 if each is current else 0))
-            alone = cached.alone
-            failure_rate.append(_number(alone, None, now, snap.failure_rate))
-            slow_rate.append(_number(alone, None, now, snap.slow_call_rate))
-            buffered.append(_number(alone, None, now, snap.buffered_calls))
+            layout = cached.layout_for((tuple(calls), tuple(slow), tuple(fallbacks), tuple(seconds)))
+            values = (*calls.values(), *slow.values(), *fallbacks.values(), *seconds.values(),
+                      *cached.one_hot[snap.state], snap.failure_rate, snap.slow_call_rate, snap.buffered_calls)
+            for (index, attributes, start), value in zip(layout, values):  # one length: layout_for's keys
+                # The frozen dataclass's __init__ costs twice what the rest of
+                # the collection does per point; the same fields, set directly.
+                point = new(NumberDataPoint)
+                fields = point.__dict__
+                fields["attributes"] = attributes
+                fields["start_time_unix_nano"] = start
+                fields["time_unix_nano"] = now
+                fields["value"] = value
+                fields["exemplars"] = ()
+                appenders[index](point)
             if local is not None:
-                local_points.append(_number(alone, None, now, local))
-            for (previous, new, reason), count in moves.items():
-                transitions.append(_number({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous, ATTR_STATE: new,
-                                            ATTR_REASON: reason}, start, now, count))
+                local_points.append(NumberDataPoint(cached.alone, None, now, local))  # type: ignore[arg-type]
+            for (previous, state, reason), count in (moves or {}).items():
+                transitions.append(NumberDataPoint({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous, ATTR_STATE: state,
+                                                    ATTR_REASON: reason}, cached.start, now, count))
             for outcome, data in histograms.items():
                 durations.append(HistogramDataPoint(
-                    attributes=of(ATTR_OUTCOME, outcome), start_time_unix_nano=start, time_unix_nano=now,
-                    count=data.count, sum=data.sum, bucket_counts=list(data.bucket_counts),
+                    attributes={ATTR_NAME: name, ATTR_OUTCOME: outcome}, start_time_unix_nano=cached.start,
+                    time_unix_nano=now, count=data.count, sum=data.sum, bucket_counts=list(data.bucket_counts),
                     explicit_bounds=list(data.boundaries),
                     # Not kept, to keep the call path cheap; optional in OTLP,
                     # and the OTLP encoder leaves a None unset.
@@ -205,17 +217,23 @@ class _Collector:
                 ))
         # Names no breaker has any more are forgotten (bounded memory).
         self._names = names
-        return [_metric(name, found) for name, found in points.items() if found]
+        found: dict[str, list[Any]] = dict(zip(_NUMBERS, numbers, strict=True))
+        found["circuit_breaker.transitions"] = transitions
+        found["circuit_breaker.shared_state.local"] = local_points
+        found[DURATION_METRIC] = durations
+        return [_metric(name, found[name]) for name in METRICS if found[name]]
 
 
-def _merge_durations(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+def _merge_durations(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(mine)
     for outcome, data in theirs.items():
-        seen = mine.get(outcome)
+        seen = merged.get(outcome)
         if seen is None or seen.boundaries != data.boundaries:
-            mine[outcome] = data
+            merged[outcome] = data
         else:
-            mine[outcome] = type(data)(data.boundaries, tuple(a + b for a, b in zip(
+            merged[outcome] = type(data)(data.boundaries, tuple(a + b for a, b in zip(
                 seen.bucket_counts, data.bucket_counts, strict=True)), seen.count + data.count, seen.sum + data.sum)
+    return merged
 
 
 def _metric(name: str, points: list[Any]) -> Metric:
