@@ -15,8 +15,8 @@ Also: a call rejected while open, inside a recording span (the
 ``circuit_breaker.rejected`` events and the span status), ``annotate_current_span``
 as integrations call it, and the collection at scale: 1,000 breakers through
 an SDK metric reader, beside the SDK's own observable-instrument path for the
-same number points with the same attributes (a meter provider of its own,
-callbacks yielding prepared ``Observation``\ s), measured interleaved in one
+same number of points with the same attributes (a meter provider of its own,
+callbacks making one Observation per point), measured interleaved in one
 run; and the whole export cycle (collection + OTLP encoding) per breaker.
 
 The section runs in a subprocess: OpenTelemetry's global providers can be set
@@ -76,7 +76,7 @@ def _child(quick: bool) -> str:
     warnings.simplefilter("ignore")
     calls, repeats = (2_000, 2) if quick else (20_000, 15)
 
-    from otel_cb import CircuitBreaker, CircuitBreakerConfig
+    from otel_cb import CircuitBreaker
 
     def bare() -> int:
         return 1

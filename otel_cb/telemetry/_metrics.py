@@ -106,7 +106,7 @@ class _Name:
     once per name (and again only if the snapshot's keys change).
     """
 
-    __slots__ = ("alone", "keys", "layout", "name", "one_hot", "start")
+    __slots__ = ("alone", "keys", "layout", "name", "one_hot", "outcomes", "start")
 
     def __init__(self, name: str, start: int) -> None:
         self.name = name
@@ -115,6 +115,13 @@ class _Name:
         self.keys: tuple[tuple[Any, ...], ...] = ()
         self.layout: list[tuple[int, dict[str, str], int | None]] = []
         self.one_hot: dict[CircuitState, tuple[int, ...]] = {}
+        self.outcomes: dict[str, dict[str, str]] = {}
+
+    def of_outcome(self, outcome: str) -> dict[str, str]:
+        found = self.outcomes.get(outcome)
+        if found is None:
+            found = self.outcomes[outcome] = {ATTR_NAME: self.name, ATTR_OUTCOME: outcome}
+        return found
 
     def layout_for(self, keys: tuple[tuple[Any, ...], ...]) -> list[tuple[int, dict[str, str], int | None]]:
         """The layout for a snapshot whose dicts have these keys, in this order (calls, slow
@@ -207,14 +214,20 @@ class _Collector:
                 transitions.append(NumberDataPoint({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous, ATTR_STATE: state,
                                                     ATTR_REASON: reason}, cached.start, now, count))
             for outcome, data in histograms.items():
-                durations.append(HistogramDataPoint(
-                    attributes={ATTR_NAME: name, ATTR_OUTCOME: outcome}, start_time_unix_nano=cached.start,
-                    time_unix_nano=now, count=data.count, sum=data.sum, bucket_counts=list(data.bucket_counts),
-                    explicit_bounds=list(data.boundaries),
-                    # Not kept, to keep the call path cheap; optional in OTLP,
-                    # and the OTLP encoder leaves a None unset.
-                    min=None, max=None,  # type: ignore[arg-type]
-                ))
+                histogram: HistogramDataPoint = new(HistogramDataPoint)
+                fields = histogram.__dict__
+                fields["attributes"] = cached.of_outcome(outcome)
+                fields["start_time_unix_nano"] = cached.start
+                fields["time_unix_nano"] = now
+                fields["count"] = data.count
+                fields["sum"] = data.sum
+                fields["bucket_counts"] = data.bucket_counts
+                fields["explicit_bounds"] = data.boundaries
+                # Not kept, to keep the call path cheap; optional in OTLP, and
+                # the OTLP encoder leaves a None unset.
+                fields["min"] = fields["max"] = None
+                fields["exemplars"] = ()
+                durations.append(histogram)
         # Names no breaker has any more are forgotten (bounded memory).
         self._names = names
         found: dict[str, list[Any]] = dict(zip(_NUMBERS, numbers, strict=True))
