@@ -197,7 +197,7 @@ class _Collector:
             layout = cached.layout_for((tuple(calls), tuple(slow), tuple(fallbacks), tuple(seconds)))
             values = (*calls.values(), *slow.values(), *fallbacks.values(), *seconds.values(),
                       *cached.one_hot[snap.state], snap.failure_rate, snap.slow_call_rate, snap.buffered_calls)
-            for (index, attributes, start), value in zip(layout, values):  # one length: layout_for's keys
+            for (index, attributes, start), value in zip(layout, values, strict=True):
                 # The frozen dataclass's __init__ costs twice what the rest of
                 # the collection does per point; the same fields, set directly.
                 point = new(NumberDataPoint)
