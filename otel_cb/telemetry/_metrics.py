@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import metrics
@@ -47,6 +48,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from .._breaker import BreakerSnapshot
 from .._state import CircuitState
 from .._version import __version__
 from ._core import (
@@ -157,33 +159,18 @@ class _Collector:
 
     def _collect(self) -> list[Metric]:
         now = time.time_ns()
-        # One row per name: breakers that share a name (made outside the
-        # registry) add up their counts; for a gauge the last one stands.
-        rows: dict[str, list[Any]] = {}
+        rows = []
         for breaker in live_breakers():
-            snap = breaker.snapshot()
             shared = breaker.shared_state
-            local = None if shared is None else int(bool(getattr(shared, "running_locally", False)))
-            row = rows.get(snap.name)
-            if row is None:
-                rows[snap.name] = [snap.calls, snap.slow_calls, snap.fallbacks, snap.time_in_state, snap,
-                                   local, snap.durations, None]
-                continue
-            pairs: tuple[tuple[dict[Any, Any], dict[Any, Any]], ...] = (
-                (row[0], snap.calls), (row[1], snap.slow_calls), (row[2], snap.fallbacks), (row[3], snap.time_in_state))
-            for mine, theirs in pairs:
-                for key, value in theirs.items():
-                    mine[key] = mine.get(key, 0) + value
-            row[4] = snap
-            if local is not None:
-                row[5] = local
-            row[6] = _merge_durations(row[6], snap.durations)
+            rows.append((breaker.snapshot(), None if shared is None else int(bool(getattr(shared, "running_locally",
+                                                                                           False)))))
+        if len({snap.name for snap, _ in rows}) != len(rows):
+            rows = _merge_names(rows)
+        moves: dict[str, dict[tuple[str, str, str], int]] = {}
         for breaker, counts in telemetry.transitions():
-            row = rows.get(breaker.name)
-            if row is not None:
-                moves = row[7] = row[7] or {}
-                for key, count in counts.items():
-                    moves[key] = moves.get(key, 0) + count
+            mine = moves.setdefault(breaker.name, {})
+            for key, count in counts.items():
+                mine[key] = mine.get(key, 0) + count
 
         names, old = {}, self._names
         numbers: list[list[NumberDataPoint]] = [[] for _ in _NUMBERS]
@@ -192,7 +179,9 @@ class _Collector:
         local_points: list[NumberDataPoint] = []
         durations: list[HistogramDataPoint] = []
         new = _new
-        for name, (calls, slow, fallbacks, seconds, snap, local, histograms, moves) in rows.items():
+        for snap, local in rows:
+            name, calls, slow, fallbacks, seconds = snap.name, snap.calls, snap.slow_calls, snap.fallbacks, \
+                snap.time_in_state
             cached = names[name] = old.get(name) or _Name(name, now)
             layout = cached.layout_for((tuple(calls), tuple(slow), tuple(fallbacks), tuple(seconds)))
             values = (*calls.values(), *slow.values(), *fallbacks.values(), *seconds.values(),
@@ -210,10 +199,10 @@ class _Collector:
                 appenders[index](point)
             if local is not None:
                 local_points.append(NumberDataPoint(cached.alone, None, now, local))  # type: ignore[arg-type]
-            for (previous, state, reason), count in (moves or {}).items():
+            for (previous, state, reason), count in moves.get(name, {}).items():
                 transitions.append(NumberDataPoint({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous, ATTR_STATE: state,
                                                     ATTR_REASON: reason}, cached.start, now, count))
-            for outcome, data in histograms.items():
+            for outcome, data in snap.durations.items():
                 histogram: HistogramDataPoint = new(HistogramDataPoint)
                 fields = histogram.__dict__
                 fields["attributes"] = cached.of_outcome(outcome)
@@ -235,6 +224,32 @@ class _Collector:
         found["circuit_breaker.shared_state.local"] = local_points
         found[DURATION_METRIC] = durations
         return [_metric(name, found[name]) for name in METRICS if found[name]]
+
+
+def _merge_names(rows: list[tuple[BreakerSnapshot, int | None]]) -> list[tuple[BreakerSnapshot, int | None]]:
+    """One row per name: breakers that share a name (made outside the registry) add up
+    their counts; for a gauge the last one stands."""
+    merged: dict[str, tuple[BreakerSnapshot, int | None]] = {}
+    for snap, local in rows:
+        seen = merged.get(snap.name)
+        if seen is None:
+            merged[snap.name] = (snap, local)
+            continue
+        first, first_local = seen
+        merged[snap.name] = (replace(
+            snap, calls=_add(first.calls, snap.calls), slow_calls=_add(first.slow_calls, snap.slow_calls),
+            fallbacks=_add(first.fallbacks, snap.fallbacks),
+            time_in_state=_add(first.time_in_state, snap.time_in_state),
+            durations=_merge_durations(first.durations, snap.durations),
+        ), first_local if local is None else local)
+    return list(merged.values())
+
+
+def _add(mine: dict[Any, Any], theirs: dict[Any, Any]) -> dict[Any, Any]:
+    total = dict(mine)
+    for key, value in theirs.items():
+        total[key] = total.get(key, 0) + value
+    return total
 
 
 def _merge_durations(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
