@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from ._errors import CircuitOpenError
     from ._state import StateChangeEvent
 
-__all__ = ["Observer", "add_observer", "call_safely", "default_telemetry", "live_breakers", "observers",
-           "remove_observer"]
+__all__ = ["Observer", "add_observer", "call_safely", "default_telemetry", "live_breakers", "notify", "observers",
+           "refresh", "remove_observer"]
 
 logger = logging.getLogger("otel_cb")
 
@@ -50,6 +50,9 @@ class Observer(Protocol):
 # Every live breaker, so an observer registered late (telemetry) still finds
 # breakers made before it; weak, so it never keeps one alive.
 live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+_HOOKS = ("breaker_created", "state_changed", "call_rejected", "fallback_served", "shared_state_changed")
+
 
 class _DefaultTelemetry:
     """Turns telemetry on when the first breaker is made (unless the application opted out)."""
@@ -71,6 +74,9 @@ default_telemetry = _DefaultTelemetry()
 
 # A tuple, replaced whole on change, so the call path reads it without a lock.
 observers: tuple[Any, ...] = (default_telemetry,)
+# hook -> (observer, bound method) for every observer that has it now: notify()
+# reads one entry instead of asking each observer (a rejection is a hot path).
+_hooks: dict[str, tuple[tuple[Any, Callable[..., Any]], ...]] = {}
 _lock = threading.Lock()
 _already_logged: set[tuple[int, str]] = set()
 
@@ -92,6 +98,7 @@ def add_observer(observer: object) -> None:
     with _lock:
         if observer not in observers:
             observers = (*observers, observer)
+        _refresh()
 
 
 def remove_observer(observer: object) -> None:
@@ -99,6 +106,24 @@ def remove_observer(observer: object) -> None:
     global observers
     with _lock:
         observers = tuple(o for o in observers if o is not observer)
+        _refresh()
+
+
+def refresh() -> None:
+    """Read the observers' hooks again: an observer that gained or dropped one calls this."""
+    with _lock:
+        _refresh()
+
+
+def _refresh() -> None:
+    global _hooks
+    found: dict[str, list[tuple[Any, Callable[..., Any]]]] = {}
+    for observer in observers:
+        for hook in _HOOKS:
+            method = getattr(observer, hook, None)
+            if method is not None:
+                found.setdefault(hook, []).append((observer, method))
+    _hooks = {hook: tuple(methods) for hook, methods in found.items()}
 
 
 def call_safely(target: Callable[..., Any], what: str, *args: Any, default: Any = None) -> Any:
@@ -106,18 +131,27 @@ def call_safely(target: Callable[..., Any], what: str, *args: Any, default: Any 
     try:
         return target(*args)
     except Exception:
-        key = (id(target.__self__) if hasattr(target, "__self__") else id(target), what)
-        if key in _already_logged:
-            logger.debug("%s raised again", what, exc_info=True)
-        else:
-            _already_logged.add(key)
-            logger.error("%s raised; otel-cb ignores it and the call goes on", what, exc_info=True)
+        _log_failure(target, what)
         return default
 
 
+def _log_failure(target: Callable[..., Any], what: str) -> None:
+    """Log the exception being handled: with its traceback the first time per callee, then at DEBUG."""
+    key = (id(target.__self__) if hasattr(target, "__self__") else id(target), what)
+    if key in _already_logged:
+        logger.debug("%s raised again", what, exc_info=True)
+    else:
+        _already_logged.add(key)
+        logger.error("%s raised; otel-cb ignores it and the call goes on", what, exc_info=True)
+
+
 def notify(hook: str, *args: Any) -> None:
-    """Call ``hook`` on every observer that has it."""
-    for observer in observers:
-        method = getattr(observer, hook, None)
-        if method is not None:
-            call_safely(method, f"observer {type(observer).__name__}.{hook}", *args)
+    """Call ``hook`` on every observer that has it (as ``call_safely``, the name made only on failure)."""
+    for observer, method in _hooks.get(hook, ()):
+        try:
+            method(*args)
+        except Exception:
+            _log_failure(method, f"observer {type(observer).__name__}.{hook}")
+
+
+_refresh()

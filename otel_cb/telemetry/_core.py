@@ -60,6 +60,7 @@ REJECTED_EVENT_INTERVAL = 1.0
 """At most one ``circuit_breaker.rejected`` log event per breaker in this many seconds."""
 
 logger = logging.getLogger("otel_cb")
+_current_span = trace.get_current_span
 
 _OPENING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 _EVENT_KINDS = ("span", "log")
@@ -99,24 +100,29 @@ def parse_events(value: str, variable: str = EVENTS_ENV) -> tuple[bool, bool]:
 
 
 class _RateLimit:
-    """Lets one event per key through every ``interval`` seconds of ``clock``."""
+    """Lets one event per key through every ``interval`` seconds of ``clock``.
+
+    Keys are breaker names (a plain dict is several times cheaper than a weak
+    one on the rejection path); past ``_MAX_KEYS`` names it starts afresh.
+    """
+
+    _MAX_KEYS = 10_000
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
-        self._last: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
+        self._last: dict[str, float] = {}
 
-    def allow(self, key: object) -> bool:
+    def allow(self, key: str) -> bool:
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             return False
         # Two threads may both pass here at once: one event too many, never a lock on the call path.
+        if len(self._last) >= self._MAX_KEYS:
+            self._last = {}
         self._last[key] = now
         return True
-
-    def _after_fork(self) -> None:
-        self._last = weakref.WeakKeyDictionary(list(self._last.items()))
 
 
 class _Telemetry:
@@ -156,6 +162,7 @@ class _Telemetry:
                 )
                 self._instruments_created = True
             self.enabled = True
+        self.check_providers(refresh=False)
         _observers.add_observer(self)
         if self.histogram_enabled or _has_meter_provider():
             # Breakers made while disabled were not seen by breaker_created.
@@ -169,6 +176,26 @@ class _Telemetry:
             # callback reports nothing instead.
             self.enabled = False
             self.turned_off = True
+
+    def check_providers(self, refresh: bool = True) -> None:
+        """Listen to rejections only while a tracer or logger provider could take what they make.
+
+        With neither installed a rejection has nothing to report, and rejections
+        are the hot path while a dependency is down; so the observer drops its
+        ``call_rejected`` hook then (the core skips it), and takes it back at the
+        next check: on every transition (a breaker opens before it rejects) and
+        every collection.
+        """
+        wanted = _has_tracer_or_logger_provider()
+        has = "call_rejected" not in vars(self)
+        if wanted == has:
+            return
+        if wanted:
+            del self.call_rejected  # the method again
+        else:
+            self.call_rejected = None  # type: ignore[assignment,method-assign]
+        if refresh:
+            _observers.refresh()
 
     def enable_histograms(self) -> None:
         """Start keeping call durations in every breaker (the duration export needs them)."""
@@ -188,6 +215,7 @@ class _Telemetry:
         from . import _metrics  # the SDK is there: the reader that calls us is one
 
         _metrics.hook_global_readers()
+        self.check_providers()
         if not self.histogram_enabled:
             self.enable_histograms()
         # One point, so that the SDK hands the reader a collection even when
@@ -198,7 +226,6 @@ class _Telemetry:
         # A thread of the parent may have held the lock at fork; in the child it never lets go.
         self._lock = threading.Lock()
         self._transitions = weakref.WeakKeyDictionary(list(self._transitions.items()))
-        self.rejections._after_fork()
 
     # -- observer hooks (called by the core through _observers) ----------------
 
@@ -208,6 +235,7 @@ class _Telemetry:
             breaker.enable_duration_histogram()
 
     def state_changed(self, breaker: CircuitBreaker, event: StateChangeEvent) -> None:
+        self.check_providers()
         key = (event.previous_state.value, event.state.value, event.reason.value)
         with self._lock:
             counts = self._transitions.setdefault(breaker, {})
@@ -241,9 +269,12 @@ class _Telemetry:
                             SeverityNumber.WARN if opening else SeverityNumber.INFO)
 
     def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
-        span = trace.get_current_span()
+        # The rejection path is hot while a dependency is down: nothing is built
+        # unless a span records or a log event is due.
+        span = _current_span()
         recording = span.is_recording()
-        if not recording and not self.log_events:
+        due = self.log_events and self.rejections.allow(error.name)
+        if not (recording or due):
             return
         attributes: dict[str, str | float] = {ATTR_NAME: error.name, ATTR_STATE: error.state.value}
         if error.retry_after is not None:
@@ -253,7 +284,7 @@ class _Telemetry:
                 span.add_event(REJECTED_EVENT, attributes)
             span.set_attributes({ATTR_NAME: error.name, ATTR_STATE: error.state.value})
             span.set_status(StatusCode.ERROR, f"circuit breaker {error.name!r} is {error.state.value}: call rejected")
-        if self.log_events and self.rejections.allow(breaker):
+        if due:
             line = f"circuit breaker {error.name!r} is {error.state.value}: call rejected"
             self._log_event(REJECTED_EVENT, attributes, line, SeverityNumber.INFO)
 
@@ -287,6 +318,12 @@ class _Callbacks(list[Callable[[CallbackOptions], Iterable[Observation]]]):
         if telemetry.enabled and not telemetry.histogram_enabled:
             telemetry.enable_histograms()
         return super().__iter__()
+
+
+def _has_tracer_or_logger_provider() -> bool:
+    return (not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+            or not isinstance(_logs.get_logger_provider(), (_logs._internal.ProxyLoggerProvider,
+                                                             _logs.NoOpLoggerProvider)))
 
 
 def _has_meter_provider() -> bool:
