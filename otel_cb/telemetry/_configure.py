@@ -381,6 +381,8 @@ class _Noticing:
         self._given_up = False
         self._shut = False
         self._forked = False
+        self._in_flight = 0
+        self.grpc = type(self._exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
         self.shutting_down = False
         _wrappers.add(self)
 
@@ -394,7 +396,11 @@ class _Noticing:
         if self._given_up or (self.shutting_down and self._notice.failing):
             # Known to fail: the final flush of a collector that is down is dropped at once.
             return False
-        ok = export(self._inner()) is success
+        self._in_flight += 1
+        try:
+            ok = export(self._inner()) is success
+        finally:
+            self._in_flight -= 1
         self._notice.result(ok, quiet=self.shutting_down)
         return ok
 
@@ -436,9 +442,14 @@ class _Noticing:
         except Exception:
             logger.debug("otel-cb: exporter shutdown raised", exc_info=True)
 
-    def _after_fork(self) -> None:
+    def _after_fork(self, grpc_unusable: bool) -> None:
         self._notice._reinit()
+        self._in_flight = 0
         self._forked = not self._shut
+        if self.grpc and grpc_unusable:
+            # gRPC aborts the process if a child uses it after a fork made
+            # while a call was in flight: this child drops what it would send.
+            self._given_up = self._shut = True
 
 
 _wrappers: weakref.WeakSet[_Noticing] = weakref.WeakSet()
@@ -553,9 +564,21 @@ def _mute_exporter_retries() -> None:
             noisy.addFilter(_retry_filter)
 
 
+_grpc_busy_at_fork = False
+
+
+def _before_fork() -> None:
+    global _grpc_busy_at_fork
+    _grpc_busy_at_fork = any(wrapper.grpc and wrapper._in_flight for wrapper in list(_wrappers))
+
+
 def _after_fork_in_child() -> None:
-    for wrapper in list(_wrappers):
-        wrapper._after_fork()
+    wrappers = list(_wrappers)
+    for wrapper in wrappers:
+        wrapper._after_fork(_grpc_busy_at_fork)
+    if _grpc_busy_at_fork and any(wrapper.grpc for wrapper in wrappers):
+        logger.warning("otel-cb telemetry: this process was forked while exporting over OTLP/gRPC, which gRPC "
+                       "cannot survive; it sends no telemetry over gRPC (use http/protobuf for forking servers)")
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
