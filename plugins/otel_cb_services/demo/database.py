@@ -96,4 +96,4 @@ def find_database(announce: Callable[[str], None]) -> tuple[str | None, LocalClu
         cluster = start_local_cluster()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         return None, None, f"running without the database ({exc}; set DATABASE_URL to use one)"
-    return cluster.dsn, cluster, "a throwaway local PostgreSQL cluster (set DATABASE_URL to use your own)"
+    return cluster.dsn, cluster, f"a throwaway PostgreSQL cluster is up on 127.0.0.1:{cluster.port}"
