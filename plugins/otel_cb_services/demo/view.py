@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -214,13 +215,19 @@ class View:
 
     def _table(self) -> Table:
         phase, phase_left, left = self.script.position()
+        # Narrower than the summary, to fit 80 columns: the fallbacks share one column.
         table = Table(title=f"phase {phase}: {phase_left:.0f}s left in it, {left:.0f}s left in the demo",
-                      caption="calls = ok + failed + ignored + rejected; fb: fallback answers (summary at the end "
-                              "says what each column counts)", title_justify="left", caption_justify="left")
-        for index, header in enumerate(_HEADERS):
-            table.add_column(header, justify="left" if index < 2 else "right")
+                      caption="calls = ok + failed + ignored + rejected; fallbacks: answers instead of an error, "
+                              "ok/refused/failed; saved: rejected x mean failed-call time",
+                      title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, padding=0,
+                      show_edge=False)
+        table.add_column("breaker", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        for header in ("calls", "ok", "failed", "ignored", "rejected", "fallbacks", "saved"):
+            table.add_column(header, justify="right", no_wrap=True)
         for row in rows():
-            table.add_row(*row.cells())
+            cells = row.cells()
+            table.add_row(*cells[:7], "/".join(cells[7:10]), cells[10])
         return table
 
 
