@@ -119,7 +119,25 @@ async def run(args: argparse.Namespace) -> int:
             task.cancel()
 
     loop = asyncio.get_running_loop()
+    # Heard while the loop runs, including while PostgreSQL starts and while
+    # everything stops (a second Ctrl-C does not break off the clean-up).
     loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        with view.notices():  # until the summary is out: a notice never lands inside it
+            manager = await _run(args, script, view, lambda: interrupted)
+            # Read once everything has stopped: the same counters the exit's last export sends.
+            view.line(summary(rows(), view.cycles, manager.incidents if manager else 0,
+                              manager.quarantined if manager else 0))
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if interrupted:
+        view.line("interrupted (Ctrl-C): the summary covers the run so far")
+    return 130 if interrupted else 0
+
+
+async def _run(args: argparse.Namespace, script: FaultScript, view: View,
+               interrupted: Callable[[], bool]) -> IncidentManager | None:
+    """Start the services and the database, run the script, stop everything; the manager if it started."""
     view.line(f"otel-cb demo: fault script {args.phases} ({script.total_seconds:.0f}s); starting the simulated "
               "services")
     services = start_services(script)
@@ -141,17 +159,16 @@ async def run(args: argparse.Namespace) -> int:
             os.environ["DATABASE_URL"] = dsn
         manager = IncidentManager(dsn)
         script.restart()
-        with view.running():
+        with view.live():
             while not script.finished():
                 await manager.round()
                 view.refresh()
                 await asyncio.sleep(args.interval)
             view.refresh()
     except asyncio.CancelledError:
-        if not interrupted:
+        if not interrupted():
             raise
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
         if manager is not None:
             await manager.aclose()
         services.close()
@@ -159,12 +176,7 @@ async def run(args: argparse.Namespace) -> int:
             proxy.close()
         if cluster is not None:
             cluster.stop()
-    # Read once everything has stopped: the same counters the exit's last export sends.
-    view.line(summary(rows(), view.cycles, manager.incidents if manager else 0,
-                      manager.quarantined if manager else 0))
-    if interrupted:
-        view.line("interrupted (Ctrl-C): the summary covers the run so far")
-    return 130 if interrupted else 0
+    return manager
 
 
 async def _database(announce: Callable[[str], None]) -> tuple[str | None, LocalCluster | None, str]:

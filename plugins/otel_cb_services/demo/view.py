@@ -170,13 +170,22 @@ class View:
     # -- the run ------------------------------------------------------------------
 
     @contextmanager
-    def running(self) -> Iterator[View]:
-        """Show the view for the duration of the block; otel-cb's notices go through it meanwhile."""
+    def notices(self) -> Iterator[View]:
+        """Route otel-cb's notices through the view for the duration of the block."""
         notices = _Notices(self)
         logger = logging.getLogger("otel_cb")
         propagate = logger.propagate
         logger.addHandler(notices)
         logger.propagate = False
+        try:
+            yield self
+        finally:
+            logger.removeHandler(notices)
+            logger.propagate = propagate
+
+    @contextmanager
+    def live(self) -> Iterator[View]:
+        """Show the live table (on a terminal) for the duration of the block; it is gone afterwards."""
         self._start = time.monotonic()
         if self.live_mode:
             self._live = Live(self._table(), console=self.console, auto_refresh=False, transient=True,
@@ -189,8 +198,6 @@ class View:
                 with self._lock:
                     self._live.stop()
                     self._live = None
-            logger.removeHandler(notices)
-            logger.propagate = propagate
 
     def refresh(self) -> None:
         """Watch new breakers, say when the phase changes, and redraw the live table (at most 4 times a second)."""
