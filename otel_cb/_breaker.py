@@ -160,6 +160,12 @@ class CircuitBreaker(CallingStyles):
         """The breaker's settings (read-only: the call path caches them)."""
         return self._config
 
+    @property
+    def clock(self) -> Clock:
+        """The breaker's time source (monotonic seconds); integrations age their
+        own state (a stale cache) on it so that a fake clock drives both."""
+        return self._clock
+
     # -- state ----------------------------------------------------------------
 
     @property
