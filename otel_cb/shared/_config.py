@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["check_settings", "from_config", "validate_settings", "FIELDS"]
 
 FIELDS = ("backend", "url", "namespace", "timeout", "flush_interval", "sync_interval", "probe_lease",
-          "retry_interval")
-_DURATIONS = FIELDS[3:]
-_SCHEMES = ("redis", "rediss", "unix")
+          "retry_interval", "cluster")
+_DURATIONS = FIELDS[3:8]
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _instances: dict[tuple[Any, ...], RedisSharedState] = {}
 _instances_lock = threading.Lock()
@@ -44,13 +44,15 @@ def from_config(mapping: Mapping[str, Any]) -> RedisSharedState:
         ValueError: naming the field, the value and what is allowed.
     """
     url, namespace, durations = _parse(mapping)
-    key = (url, namespace, *sorted(durations.items()))
+    cluster = bool(mapping.get("cluster", False))
+    key = (url, namespace, cluster, *sorted(durations.items()))
     with _instances_lock:
         instance = _instances.get(key)
         if instance is None or instance._closed:
             from ._redis import RedisSharedState
 
-            instance = _instances[key] = RedisSharedState(url, namespace=namespace, client=None, **durations)
+            instance = _instances[key] = RedisSharedState(url, namespace=namespace, client=None, cluster=cluster,
+                                                          **durations)
         return instance
 
 
@@ -78,6 +80,8 @@ def _parse(mapping: object) -> tuple[str, str, dict[str, float]]:
         raise ValueError("shared_state.url: missing; use a redis://, rediss:// or unix:// URL")
     url = mapping["url"]
     namespace = mapping.get("namespace", "default")
+    if not isinstance(mapping.get("cluster", False), bool):
+        raise ValueError(f"shared_state.cluster: {str(mapping['cluster'])[:30]!r} is not allowed; use true or false")
     durations = {name: parse_duration(f"shared_state.{name}", mapping[name]) for name in _DURATIONS if name in mapping}
     check_settings(url=url, namespace=namespace, has_client=False, **durations)
     return url, namespace, durations
