@@ -32,6 +32,7 @@ _ENV_OPTIONS = {
     "service_name": "OTEL_SERVICE_NAME",
     "traces_exporter": "OTEL_TRACES_EXPORTER",
     "metrics_exporter": "OTEL_METRICS_EXPORTER",
+    "admin_address": "OTEL_CB_ADMIN_ADDRESS",
 }
 
 
@@ -60,6 +61,8 @@ def _instrument_parser() -> _Parser:
     parser.add_argument("--service-name", help="OTEL_SERVICE_NAME")
     parser.add_argument("--traces-exporter", help="OTEL_TRACES_EXPORTER: otlp, console or none")
     parser.add_argument("--metrics-exporter", help="OTEL_METRICS_EXPORTER: otlp, prometheus, console or none")
+    parser.add_argument("--admin-address", metavar="ADDRESS", help="serve the admin endpoint at ADDRESS: PORT, "
+                        "HOST:PORT or unix:/PATH, {pid} for the process id (OTEL_CB_ADMIN_ADDRESS; default off)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("command", help="the program to run, e.g. python, uvicorn")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
@@ -75,6 +78,13 @@ def instrument_main(argv: Sequence[str] | None = None) -> int:
         value = getattr(options, option)
         if value is not None:
             env[variable] = value
+    if env.get("OTEL_CB_ADMIN_ADDRESS"):
+        from .admin._address import parse_address
+
+        try:
+            parse_address(env["OTEL_CB_ADMIN_ADDRESS"])
+        except ValueError as exc:
+            return _fail(str(exc))
     if env.get("OTEL_CB_CONFIG"):
         # Absolute, so child processes started in another directory read the same file.
         env["OTEL_CB_CONFIG"] = os.path.abspath(env["OTEL_CB_CONFIG"])
@@ -126,6 +136,9 @@ def _main_parser() -> _Parser:
     config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     check = config_commands.add_parser("check", help="validate a config file and print every error")
     check.add_argument("path", metavar="PATH")
+    from .admin._commands import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -134,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = _main_parser().parse_args(argv)
     if options.command == "plugins":
         return _plugins(options.disable)
+    from .admin._commands import COMMANDS, run
+
+    if options.command in COMMANDS:
+        return run(options)
     return _config_check(options.path)
 
 

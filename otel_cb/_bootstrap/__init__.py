@@ -94,6 +94,9 @@ def _instrument() -> None:
     except Exception:
         logger.error("otel-cb: instrumentation failed; the application runs without circuit breakers",
                      exc_info=True)
+    from ..admin import start_from_env
+
+    start_from_env()  # OTEL_CB_ADMIN_ADDRESS; never raises
 
 
 def _setup_telemetry() -> None:

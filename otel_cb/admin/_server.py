@@ -13,6 +13,7 @@ that has not finished after ``CONNECTION_DEADLINE`` seconds is cut off.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hmac
 import http.server
@@ -120,7 +121,7 @@ def describe(breaker: CircuitBreaker) -> dict[str, Any]:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server  # type: ignore[assignment]
+    server: _Server
     server_version = "otel-cb"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers
@@ -270,7 +271,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for breaker in breakers():
             if breaker.name == name:
                 return breaker
-        raise _Refused(404, f"no circuit breaker {_shown(name)}; GET {PREFIX} lists them")
+        # Not repeated: whatever a caller put there (a URL, a password) stays out of answers.
+        raise _Refused(404, f"no circuit breaker by that name; GET {PREFIX} lists them")
 
     def _act(self, breaker: CircuitBreaker, action: str, fleet: bool) -> tuple[int, dict[str, Any]]:
         where = "every process of the fleet" if fleet else "this process"
@@ -556,6 +558,17 @@ def _after_fork_in_child() -> None:
             new = None
         if server is was_default:
             _default = new
+
+
+@atexit.register
+def _remove_sockets_at_exit() -> None:
+    # Only the file: exit must not wait for the accept thread.
+    for server in list(_servers):
+        if server.address.path:
+            try:
+                os.unlink(server.address.path)
+            except OSError:
+                pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

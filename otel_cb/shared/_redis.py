@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -119,6 +120,16 @@ class RedisSharedState:
 
     Use ``attach(breaker)``; ``close()`` (or ``with``) stops the threads.
     """
+
+    # A redis.Redis or a redis.cluster.RedisCluster, and their scripts.
+    _fast: Any
+    _slow: Any
+    _read: Any
+    _open: Any
+    _close: Any
+    _record: Any
+    _manual: Any
+    _acquire: Any
 
     def __init__(
         self,
@@ -429,11 +440,11 @@ class RedisSharedState:
     def _poll(self, links: list[_Link]) -> None:
         if not links:
             return
-        calls = [(self._read, link.keys, []) for link in links]
+        calls: list[tuple[Any, tuple[str, ...], list[Any]]] = [(self._read, link.keys, []) for link in links]
         for link, reply in zip(links, self._run_scripts(calls), strict=True):
             link.apply(reply)
 
-    def _run_scripts(self, calls: list[tuple[Any, tuple[str, ...], list[Any]]]) -> list[Any]:
+    def _run_scripts(self, calls: Sequence[tuple[Any, tuple[str, ...], list[Any]]]) -> list[Any]:
         """Run script calls in one pipelined round trip; one by one on a cluster, where
         each breaker's keys live on a node of their own and a script may be missing
         on a newly promoted primary (the script object loads it again)."""
@@ -460,7 +471,7 @@ class RedisSharedState:
                 continue
             try:
                 if pubsub is None:
-                    pubsub = self._slow.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub = self._slow.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
                     # Whatever was published while we were not listening is caught by a read.
                     self._poll_requested = True
