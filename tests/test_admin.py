@@ -224,6 +224,63 @@ def test_a_forked_child_serves_on_its_own_address_with_pid(breakers: list[otel_c
         plain.close()
 
 
+def test_children_forked_while_operators_call_never_hang(breakers: list[otel_cb.CircuitBreaker],
+                                                          tmp_path: Path) -> None:
+    template = f"unix:{tmp_path}/busy-{{pid}}.sock"
+    parent = start(template, token=TOKEN)
+    assert parent is not None
+    stop = threading.Event()
+
+    def operator() -> None:
+        while not stop.is_set():
+            request(parent.address, "GET", API, token=TOKEN)
+            request(parent.address, "POST", f"{API}/admin-payments/reset", token=TOKEN)
+
+    threads = [threading.Thread(target=operator, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    children = []
+    try:
+        time.sleep(0.1)
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    own = Address(path=f"{tmp_path}/busy-{os.getpid()}.sock")
+                    deadline = time.monotonic() + 10
+                    while not os.path.exists(own.path) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    # An answer that needs no breaker or registry lock (those are the core's to
+                    # make fork-safe): the child's own endpoint serves.
+                    code = 0 if request(own, "GET", f"{API}/admin-payments/reset", token=TOKEN)[0] == 405 else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        codes = {}
+        deadline = time.monotonic() + 30
+        while len(codes) < len(children) and time.monotonic() < deadline:
+            for pid in children:
+                if pid not in codes:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        assert len(codes) == len(children), f"{len(children) - len(codes)} of {len(children)} children hung"
+        assert set(codes.values()) == {0}
+    finally:
+        stop.set()
+        for pid in children:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for thread in threads:
+            thread.join(5)
+        parent.close()
+
+
 def test_address_parsing() -> None:
     assert parse_address("9000") == Address(host="127.0.0.1", port=9000)
     assert parse_address(":9000") == Address(host="127.0.0.1", port=9000)

@@ -256,3 +256,120 @@ def test_a_worker_forked_after_attach_shares_state_with_its_parent(redis_url: st
         assert breaker.state is CircuitState.OPEN
     finally:
         backend.close()
+
+
+# -- fork safety --------------------------------------------------------------------------
+
+
+def _busy_calls(breaker: CircuitBreaker, stop: threading.Event) -> None:
+    calls = 0
+    while not stop.is_set():
+        calls += 1
+        try:
+            if calls % 5 == 0:
+                breaker.call(boom)
+            else:
+                breaker.call(lambda: None)
+        except (ConnectionError, CircuitOpenError):
+            pass
+
+
+def _busy_redis(breaker: CircuitBreaker, stop: threading.Event) -> None:
+    # Round trips on the shared state's pools and its locks, without the breaker's own lock
+    # (a reset of a closed breaker changes nothing locally).
+    from otel_cb.shared import fleet_action
+
+    while not stop.is_set():
+        try:
+            fleet_action(breaker, "reset")
+        except ConnectionError:
+            pass
+
+
+def _child_work(breaker: CircuitBreaker, through_breaker: bool) -> int:
+    from otel_cb.shared import fleet_action
+
+    if through_breaker:
+        for _ in range(20):
+            try:
+                breaker.call(lambda: None)
+            except CircuitOpenError:
+                pass
+    try:
+        for _ in range(3):
+            fleet_action(breaker, "reset")  # round trips on the child's own connections
+    except ConnectionError:
+        return 3
+    return 0
+
+
+def fork_children(breaker: CircuitBreaker, busy: Callable[[CircuitBreaker, threading.Event], None],
+                  through_breaker: bool, count: int = 24,
+                  forked: Callable[[], None] = lambda: None) -> dict[int, int | None]:
+    """Fork ``count`` children while 4 threads run ``busy``, then call ``forked()``; the children's
+    exit codes (None: hung for 30 s)."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=busy, args=(breaker, stop), daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    codes: dict[int, int | None] = {}
+    try:
+        time.sleep(0.2)
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    code = _child_work(breaker, through_breaker)
+                finally:
+                    os._exit(code)
+            codes[pid] = None
+            time.sleep(0.01)
+        forked()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(code is None for code in codes.values()):
+            for pid, code in codes.items():
+                if code is None:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        return codes
+    finally:
+        stop.set()
+        for pid, code in codes.items():
+            if code is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        for thread in threads:
+            thread.join(5)
+
+
+def test_children_forked_during_redis_round_trips_never_hang(redis_url: str, namespace: str) -> None:
+    """Issue 13: with busy threads at fork time, children inherited Redis pools whose locks
+    were held by threads that exist only in the parent, and hung in redis-py's fork check
+    (``ConnectionPool.reset()`` takes the pool's lock). A thread holds both pools' locks across
+    every fork here, so that the window a busy thread hits by chance is always open."""
+    backend = RedisSharedState(redis_url, namespace=namespace, **SETTINGS)
+    try:
+        breaker = backend.attach(CircuitBreaker("payments", breaker_config()))
+        holding, release = threading.Event(), threading.Event()
+
+        def hold_pool_locks() -> None:
+            with backend._slow.connection_pool._lock, backend._fast.connection_pool._lock:
+                holding.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold_pool_locks, daemon=True)
+        holder.start()
+        assert holding.wait(5)
+        try:
+            codes = fork_children(breaker, _busy_redis, through_breaker=False, forked=release.set)
+        finally:
+            release.set()
+            holder.join(5)
+        hung = [pid for pid, code in codes.items() if code is None]
+        assert not hung, f"{len(hung)} of {len(codes)} children hung"
+        assert set(codes.values()) == {0}, codes
+    finally:
+        backend.close()

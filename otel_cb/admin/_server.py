@@ -425,14 +425,16 @@ def _remove_stale_socket(path: str) -> None:
 class AdminServer:
     """A running admin endpoint; ``close()`` stops it (it also ends with the process)."""
 
-    def __init__(self, address: Address, token: str | None, template: str | None) -> None:
-        self._transitions = _Transitions()
+    def __init__(self, address: Address, token: str | None, template: str | None,
+                 transitions: _Transitions | None = None) -> None:
+        self._transitions = transitions or _Transitions()
         self._server = _Server(address, token, self._transitions)
         self.template = template
         self.token = token
         host_port = self._server.server_address
         self.address = address if address.path else Address(host=address.host, port=int(host_port[1]))
-        _observers.add_observer(self._transitions)
+        if transitions is None:
+            _observers.add_observer(self._transitions)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="otel-cb-admin", daemon=True)
         self._thread.start()
@@ -454,8 +456,9 @@ class AdminServer:
                 pass
 
     def _abandon_after_fork(self) -> None:
-        # In a forked child: the parent's thread is gone and the address is the parent's.
-        _observers.remove_observer(self._transitions)
+        # In a forked child: the parent's thread is gone and the address is the parent's. The
+        # observer stays registered (taking the observers' lock here could wait for a thread
+        # that exists only in the parent); a server restarted in the child reuses it.
         _servers.discard(self)
         try:
             self._server.socket.close()
@@ -492,6 +495,10 @@ def start(address: str, *, token: str | None = None) -> AdminServer | None:
     Raises:
         ValueError: ``address`` cannot be parsed.
     """
+    return _start(address, token)
+
+
+def _start(address: str, token: str | None, transitions: _Transitions | None = None) -> AdminServer | None:
     parsed = parse_address(address)
     if token is not None and not token.strip():
         token = None
@@ -500,7 +507,7 @@ def start(address: str, *, token: str | None = None) -> AdminServer | None:
                   "otel-cb admin endpoint not started: %s is not loopback and %s is not set", parsed, TOKEN_ENV)
         return None
     try:
-        server = AdminServer(parsed, token, address if "{pid}" in address else None)
+        server = AdminServer(parsed, token, address if "{pid}" in address else None, transitions)
     except OSError as exc:
         _log_once(f"bind:{parsed}", logging.WARNING, "otel-cb admin endpoint not started: cannot listen on %s "
                   "(%s); the application runs without it", parsed, exc.strerror or type(exc).__name__)
@@ -553,7 +560,7 @@ def _after_fork_in_child() -> None:
     for server in restart:
         assert server.template is not None
         try:
-            new = start(server.template, token=server.token)
+            new = _start(server.template, server.token, server._transitions)
         except Exception:  # pragma: no cover - parsed once already
             new = None
         if server is was_default:

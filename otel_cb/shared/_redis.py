@@ -130,6 +130,7 @@ class RedisSharedState:
     _record: Any
     _manual: Any
     _acquire: Any
+    _owns_clients: bool
 
     def __init__(
         self,
@@ -182,6 +183,7 @@ class RedisSharedState:
     def _make_clients(self, *, own: bool) -> None:
         """Build the clients and register the scripts: at construction, and in a forked
         child, whose inherited pools may hold locks that a thread of the parent took."""
+        self._owns_clients = own
         if not own:
             assert self._client is not None
             self._fast = self._slow = self._client
@@ -289,6 +291,9 @@ class RedisSharedState:
         be held forever by threads that exist only in the parent (redis-py's
         own fork check then blocks in ``reset()``)."""
         if not self._closed:
+            if self._owns_clients:
+                for client in (self._fast, self._slow):
+                    _abandon(client)
             self._make_clients(own=True)
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._links_lock = threading.Lock()
@@ -780,6 +785,20 @@ def _cluster_client(url: str | None, timeout: float, *, retries: int) -> Any:
     plain = parts._replace(scheme=parts.scheme.removesuffix("+cluster")).geturl()
     return RedisCluster.from_url(plain, socket_timeout=timeout, socket_connect_timeout=timeout,
                                  retry=Retry(ConstantBackoff(0.05), retries))
+
+
+# Clients inherited from the parent in a forked child: never closed, never collected.
+_abandoned: list[Any] = []
+
+
+def _abandon(client: Any) -> None:
+    """Drop an inherited client without touching its pools: closing one (also from ``__del__``)
+    takes pool locks that a thread of the parent may have held at fork time, forever."""
+    clients = [node.redis_connection for node in client.get_nodes()] if hasattr(client, "get_nodes") else [client]
+    for each in clients:
+        if each is not None:
+            each.auto_close_connection_pool = False  # its __del__ then leaves the pool alone
+    _abandoned.append(client)
 
 
 def _describe(client: Any) -> str:
