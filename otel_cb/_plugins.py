@@ -54,7 +54,7 @@ __all__ = [
 logger = logging.getLogger("otel_cb")
 
 ENTRY_POINT_GROUP = "otel_cb"
-_VERDICTS = frozenset({"success", "failure", "ignore"})
+_VERDICTS = frozenset({"success", "failure", "ignored"})
 # Routing is memoised per (kind, target, service, method); destinations are
 # capped by the router, but a plugin could route unboundedly many keys, so the
 # memo is bounded too (cleared whole when full: simple and rare).
@@ -389,7 +389,7 @@ def classify(call: Call, result: object, exception: BaseException | None) -> Ver
     """Ask ``otel_cb_classify`` about one outcome.
 
     Returns:
-        ``"success"``, ``"failure"`` or ``"ignore"``; None when no plugin has
+        ``"success"``, ``"failure"`` or ``"ignored"``; None when no plugin has
         an opinion (the integration's own rules decide) or while not
         instrumented.
     """

@@ -123,7 +123,7 @@ def otel_cb_classify(call: Call, result: object, exception: BaseException | None
         exception: What the call raised, or None.
 
     Returns:
-        ``"success"``, ``"failure"`` or ``"ignore"`` (counts as neither), or
+        ``"success"``, ``"failure"`` or ``"ignored"`` (counts as neither), or
         None to let the integration's own rules decide (for HTTP, the
         ``failure_statuses`` setting; for gRPC, ``failure_codes``).
     """

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import pluggy
 
 from ._plugins import breaker_settings, classify, fallback, select_breaker
+from ._state import Verdict
 
 __all__ = [
     "PROJECT",
@@ -55,7 +56,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 """Marks a hook implementation in a plugin; also available as ``otel_cb.hookimpl``."""
 
 CallKind = Literal["http", "grpc", "db"]
-Verdict = Literal["success", "failure", "ignore"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,7 +226,7 @@ def test_classify_hook_overrides_the_rules(server: FaultServer, clock: FakeClock
         def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> str | None:
             seen.append((call.target, type(result).__name__, type(exception).__name__))
             if isinstance(result, httpx.Response):
-                return {418: "failure", 500: "ignore"}.get(result.status_code)
+                return {418: "failure", 500: "ignored"}.get(result.status_code)
             return None
 
     breaker = CircuitBreaker("hooked", config(), clock=clock)

@@ -55,7 +55,7 @@ def test_stale_cache_serves_the_last_good_get_while_open(server: FaultServer, cl
         # Another URL has no entry: the rejection propagates, counted as a failed fallback.
         with pytest.raises(HTTPCircuitOpenError):
             client.get(f"{server.url}/item?id=2")
-    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1}
+    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1, "refused": 0}
 
 
 def test_stale_cache_serves_a_failed_request_while_closed(clock: FakeClock) -> None:
@@ -140,7 +140,7 @@ def test_static_fallback_serves_any_method(server: FaultServer, clock: FakeClock
             assert response.headers["X-Otel-CB-Fallback"] == "static"
             assert response.headers["X-A"] == "b"
     assert server.requests == 0
-    assert cb.snapshot().fallbacks == {"success": 2, "failure": 0}
+    assert cb.snapshot().fallbacks == {"success": 2, "failure": 0, "refused": 0}
 
 
 def test_fallback_from_the_config_section(server: FaultServer, clock: FakeClock) -> None:
@@ -169,7 +169,7 @@ def test_fallback_hook_wins_and_sees_the_error(server: FaultServer, clock: FakeC
         with pytest.raises(HTTPCircuitOpenError):
             client.get(f"{server.url}/wrong-type")
     assert isinstance(errors[0], CircuitOpenError) and isinstance(errors[0], httpx.TransportError)
-    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1}
+    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1, "refused": 0}
 
 
 def test_async_stale_cache(server: FaultServer, clock: FakeClock) -> None:

@@ -85,16 +85,16 @@ def test_attach_contract(made: list[RedisSharedState]) -> None:
     breaker = CircuitBreaker("payments")
     assert not running_locally(breaker)  # no shared state: never "running locally"
     assert backend.attach(breaker) is breaker
-    assert breaker._shared is not None
+    assert breaker.shared_state is not None
     with pytest.raises(ValueError, match="already has shared state attached"):
         backend.attach(breaker)
     with pytest.raises(ValueError, match="another breaker named 'payments' is attached"):
         backend.attach(CircuitBreaker("payments"))
     backend.detach(breaker)
-    assert breaker._shared is None
+    assert breaker.shared_state is None
     backend.attach(breaker)
     backend.close()
-    assert breaker._shared is None  # closing hands every breaker back to its local state
+    assert breaker.shared_state is None  # closing hands every breaker back to its local state
     with pytest.raises(ValueError, match="is closed"):
         backend.attach(CircuitBreaker("search"))
 

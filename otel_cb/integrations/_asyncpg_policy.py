@@ -26,7 +26,7 @@ __all__ = [
     "validate_settings",
 ]
 
-DbVerdict = Literal["failure", "ignore"]
+DbVerdict = Literal["failure", "ignored"]
 
 DEFAULT_FAILURE_SQLSTATES = ("08", "53", "57", "58", "XX")
 """SQLSTATE classes that are failures of the database by default.
@@ -95,19 +95,19 @@ class FailureRules:
         return cls(failure, ignore)
 
     def verdict(self, exc: BaseException) -> DbVerdict:
-        """``"failure"`` when ``exc`` says the database is in trouble, else ``"ignore"``."""
+        """``"failure"`` when ``exc`` says the database is in trouble, else ``"ignored"``."""
         sqlstate = getattr(exc, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate:
             klass = sqlstate[:2]
             if sqlstate in self.ignore_sqlstates or klass in self.ignore_sqlstates:
-                return "ignore"
+                return "ignored"
             if sqlstate in self.failure_sqlstates or klass in self.failure_sqlstates:
                 return "failure"
-            return "ignore"
+            return "ignored"
         # asyncio.TimeoutError is TimeoutError (an OSError) from Python 3.11 on.
         if isinstance(exc, (OSError, TimeoutError)) or type(exc).__name__ == "TimeoutError":
             return "failure"
-        return "ignore"
+        return "ignored"
 
 
 _DEFAULT_RULES = FailureRules()

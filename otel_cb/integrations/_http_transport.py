@@ -247,7 +247,7 @@ class _Exchange:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
                 permit.record_failure(retry_after=retry_after)
                 return False
-            if verdict == "ignore":
+            if verdict == "ignored":
                 permit.record_ignored()
                 return False
             cache = self.settings.fallback
@@ -332,11 +332,11 @@ class _Exchange:
             permit.record_failure()
         elif verdict == "success":
             permit.record_success()
-        elif verdict == "ignore" or isinstance(exc, _NOT_THE_SERVER):
+        elif verdict == "ignored" or isinstance(exc, _NOT_THE_SERVER):
             permit.record_ignored()
             return "ignored"
         else:
-            return permit.record_exception(exc)
+            return permit.record_exception(exc) or "none"
         return verdict
 
     def _fallback(self, error: BaseException) -> httpx.Response | None:
@@ -345,7 +345,7 @@ class _Exchange:
             value = fallback(self.call, error)
             if value is not None:
                 if isinstance(value, httpx.Response):
-                    self.breaker._count_fallback(True)
+                    self.breaker.count_fallback("success")
                     return value
                 _log_once(("httpx", "fallback-type"), "otel-cb: otel_cb_fallback returned a %s for an httpx "
                           "call, not an httpx.Response; ignored", type(value).__name__)
@@ -356,9 +356,9 @@ class _Exchange:
         except Exception:
             _log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
                       exc_info=True)
-            self.breaker._count_fallback(False)
+            self.breaker.count_fallback("failure")
             return None
-        self.breaker._count_fallback(response is not None)
+        self.breaker.count_fallback("success" if response is not None else "failure")
         return response
 
 

@@ -198,16 +198,16 @@ def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc:
         return verdict
     config = breaker.config
     if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
-        return "ignore"
+        return "ignored"
     if config.is_failure is not None:
-        return "failure" if config.is_failure(exc) else "ignore"
+        return "failure" if config.is_failure(exc) else "ignored"
     return (rules or _rules_for(breaker)).verdict(exc)
 
 
 def _record(permit: Permit, verdict: str) -> None:
     if verdict == "failure":
         permit.record_failure()
-    elif verdict == "ignore":
+    elif verdict == "ignored":
         permit.record_ignored()
     elif verdict == "success":
         permit.record_success()
@@ -218,7 +218,7 @@ def _record(permit: Permit, verdict: str) -> None:
 def _serve_fallback(call: Call, breaker: CircuitBreaker, error: BaseException) -> object | None:
     value = fallback(call, error)
     if value is not None:
-        breaker._count_fallback(True)
+        breaker.count_fallback("success")
     return value
 
 

@@ -427,7 +427,7 @@ class _Guard:
         """What an ``otel_cb_fallback`` hook serves instead of ``error``, counted on the breaker; or None."""
         value = fallback(call, error)
         if value is not None:
-            breaker._count_fallback(True)
+            breaker.count_fallback("success")
         return value
 
     def judge(self, permit: Permit, call: Call, rpc: object, code: grpc.StatusCode | None,
@@ -446,7 +446,7 @@ class _Guard:
             if code is None:
                 if error is not None:
                     judged = permit.record_exception(error)
-                    return "ignore" if judged == "ignored" else judged
+                    return judged or "none"
                 permit.release()
                 return "none"
             if code is _CANCELLED:
