@@ -99,7 +99,7 @@ def test_breakers_spread_over_the_primaries(backends: Callable[..., RedisSharedS
     backend = backends()
     names = [f"spread-{index}" for index in range(12)]
     attached = [backend.attach(CircuitBreaker(name, config())) for name in names]
-    ports = {redis_cluster.primary_of(breaker._shared.keys[0]).port for breaker in attached}
+    ports = {redis_cluster.primary_of(breaker.shared_state.keys[0]).port for breaker in attached}
     assert len(ports) > 1  # the hash tags put different breakers on different nodes
 
 
@@ -111,7 +111,7 @@ def test_a_failover_mid_workload_raises_nothing_and_state_reconverges(
     mine = {name: here.attach(CircuitBreaker(name, config())) for name in names}
     theirs = {name: there.attach(CircuitBreaker(name, config())) for name in names}
     time.sleep(0.3)
-    victim = redis_cluster.primary_of(mine[names[0]]._shared.keys[0])
+    victim = redis_cluster.primary_of(mine[names[0]].shared_state.keys[0])
     unexpected: list[BaseException] = []
     stop = threading.Event()
 

@@ -97,7 +97,7 @@ def _shown(name: str) -> str:
 def describe(breaker: CircuitBreaker) -> dict[str, Any]:
     """The JSON object of one breaker."""
     snap = breaker.snapshot()
-    sync = breaker._shared
+    sync = breaker.shared_state
     shared: dict[str, Any] | None = None
     if sync is not None:
         describe_sync = getattr(sync, "describe", None)

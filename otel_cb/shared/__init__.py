@@ -77,7 +77,7 @@ def fleet_action(breaker: CircuitBreaker, action: Literal["force_open", "disable
     """
     if action not in ("force_open", "disable", "reset"):
         raise ValueError(f"action: {str(action)[:30]!r} is not allowed; use force_open, disable or reset")
-    act = getattr(breaker._shared, "fleet_action", None)
+    act = getattr(breaker.shared_state, "fleet_action", None)
     if act is None:
         raise ValueError(f"circuit breaker {breaker.name!r} has no shared state; fleet-wide actions need one "
                          "(shared_state: on Redis)")
