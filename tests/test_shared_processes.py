@@ -20,9 +20,9 @@ import pytest
 
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, StateChangeEvent
 from otel_cb.shared import RedisSharedState
-from tests.redis_server import namespace, redis_url
+from tests.redis_server import RedisCluster, namespace, redis_cluster, redis_url
 
-__all__ = ["namespace", "redis_url"]  # fixtures
+__all__ = ["namespace", "redis_cluster", "redis_url"]  # fixtures
 
 pytest.importorskip("redis")
 
@@ -261,19 +261,6 @@ def test_a_worker_forked_after_attach_shares_state_with_its_parent(redis_url: st
 # -- fork safety --------------------------------------------------------------------------
 
 
-def _busy_calls(breaker: CircuitBreaker, stop: threading.Event) -> None:
-    calls = 0
-    while not stop.is_set():
-        calls += 1
-        try:
-            if calls % 5 == 0:
-                breaker.call(boom)
-            else:
-                breaker.call(lambda: None)
-        except (ConnectionError, CircuitOpenError):
-            pass
-
-
 def _busy_redis(breaker: CircuitBreaker, stop: threading.Event) -> None:
     # Round trips on the shared state's pools and its locks, without the breaker's own lock
     # (a reset of a closed breaker changes nothing locally).
@@ -286,15 +273,9 @@ def _busy_redis(breaker: CircuitBreaker, stop: threading.Event) -> None:
             pass
 
 
-def _child_work(breaker: CircuitBreaker, through_breaker: bool) -> int:
+def _child_work(breaker: CircuitBreaker) -> int:
     from otel_cb.shared import fleet_action
 
-    if through_breaker:
-        for _ in range(20):
-            try:
-                breaker.call(lambda: None)
-            except CircuitOpenError:
-                pass
     try:
         for _ in range(3):
             fleet_action(breaker, "reset")  # round trips on the child's own connections
@@ -303,8 +284,7 @@ def _child_work(breaker: CircuitBreaker, through_breaker: bool) -> int:
     return 0
 
 
-def fork_children(breaker: CircuitBreaker, busy: Callable[[CircuitBreaker, threading.Event], None],
-                  through_breaker: bool, count: int = 24,
+def fork_children(breaker: CircuitBreaker, busy: Callable[[CircuitBreaker, threading.Event], None], count: int = 24,
                   forked: Callable[[], None] = lambda: None) -> dict[int, int | None]:
     """Fork ``count`` children while 4 threads run ``busy``, then call ``forked()``; the children's
     exit codes (None: hung for 30 s)."""
@@ -320,7 +300,7 @@ def fork_children(breaker: CircuitBreaker, busy: Callable[[CircuitBreaker, threa
             if pid == 0:  # pragma: no cover - the child
                 code = 1
                 try:
-                    code = _child_work(breaker, through_breaker)
+                    code = _child_work(breaker)
                 finally:
                     os._exit(code)
             codes[pid] = None
@@ -364,7 +344,7 @@ def test_children_forked_during_redis_round_trips_never_hang(redis_url: str, nam
         holder.start()
         assert holding.wait(5)
         try:
-            codes = fork_children(breaker, _busy_redis, through_breaker=False, forked=release.set)
+            codes = fork_children(breaker, _busy_redis, forked=release.set)
         finally:
             release.set()
             holder.join(5)
@@ -372,4 +352,88 @@ def test_children_forked_during_redis_round_trips_never_hang(redis_url: str, nam
         assert not hung, f"{len(hung)} of {len(codes)} children hung"
         assert set(codes.values()) == {0}, codes
     finally:
+        backend.close()
+
+
+# -- fleet-wide operator actions across workers ---------------------------------------------
+
+
+def fleet_worker(url: str, ns: str, ready: Any, results: Any, stop: Any) -> None:
+    backend = RedisSharedState(url, namespace=ns, **SETTINGS)
+    breakers = [backend.attach(CircuitBreaker(f"payments-{round_}", breaker_config())) for round_ in range(ROUNDS)]
+    seen: set[tuple[int, str]] = set()
+    lock = threading.Lock()
+
+    def report(round_: int, state: str, reason: str) -> None:
+        with lock:  # once per round and state, however it was learnt
+            if (round_, state) in seen:
+                return
+            seen.add((round_, state))
+        results.put((os.getpid(), round_, state, reason, time.monotonic(), _rejects(breakers[round_])))
+
+    def listener(round_: int) -> Callable[[StateChangeEvent], None]:
+        return lambda event: report(round_, event.state.value, event.reason.value)
+
+    for round_, breaker in enumerate(breakers):
+        breaker.add_listener(listener(round_))
+        if breaker.state is not CircuitState.CLOSED:  # adopted before the listener was there
+            report(round_, breaker.state.value, "adopted")
+    time.sleep(0.3)  # the subscription is in place
+    ready.put(os.getpid())
+    stop.wait(60)
+    backend.close()
+
+
+def _rejects(breaker: CircuitBreaker) -> bool:
+    try:
+        breaker.call(lambda: None)
+    except CircuitOpenError:
+        return True
+    return False
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def fleet_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_fleet_wide_actions_reach_every_worker_within_100ms(fleet_url: str, processes: list[Any]) -> None:
+    import uuid
+
+    from otel_cb.shared import fleet_action
+
+    ns = f"test-{uuid.uuid4().hex[:12]}"
+    ready, results, stop = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
+    for _ in range(3):
+        start(processes, fleet_worker, fleet_url, ns, ready, results, stop)
+    workers = {ready.get(timeout=30) for _ in range(3)}
+    backend = RedisSharedState(fleet_url, namespace=ns, **SETTINGS)
+    try:
+        operator = [backend.attach(CircuitBreaker(f"payments-{round_}", breaker_config())) for round_ in range(ROUNDS)]
+        latencies = []
+        for round_ in range(ROUNDS):  # a latency bound: a busy machine gets three tries
+            started = time.monotonic()
+            fleet_action(operator[round_], "force_open")
+            outcomes = [results.get(timeout=10) for _ in workers]
+            assert {(pid, r, state, reason, rejected) for pid, r, state, reason, _, rejected in outcomes} == {
+                (pid, round_, "forced_open", "force_open", True) for pid in workers}
+            latencies.append(max(at for *_, at, _ in outcomes) - started)
+            if latencies[-1] <= 0.1:
+                break
+        assert min(latencies) <= 0.1, f"slowest worker per round: {latencies}"
+        # A worker that starts meanwhile adopts the manual state.
+        start(processes, fleet_worker, fleet_url, ns, ready, results, stop)
+        late = ready.get(timeout=30)
+        adopted = [results.get(timeout=10) for _ in range(round_ + 1)]
+        assert {(pid, state, rejected) for pid, _, state, _, _, rejected in adopted} == {(late, "forced_open", True)}
+        workers.add(late)
+        fleet_action(operator[0], "reset")
+        closed = [results.get(timeout=10) for _ in workers]
+        assert {(pid, r, state, reason, rejected) for pid, r, state, reason, _, rejected in closed} == {
+            (pid, 0, "closed", "reset", False) for pid in workers}
+    finally:
+        stop.set()
         backend.close()
