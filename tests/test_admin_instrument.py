@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from .http_server import FaultServer
-from .redis_server import free_port
+from .redis_server import RedisCluster, free_port, namespace, redis_cluster, redis_url
+
+__all__ = ["namespace", "redis_cluster", "redis_url"]  # fixtures
 
 BIN = Path(sys.executable).parent
 TOKEN = "operator-token-1"
@@ -67,31 +69,40 @@ class App:
         return self.lines[start:start + count]
 
 
+def launch(tmp_path: Path, server: FaultServer, address: str, shared_state: str = "") -> App:
+    """Start the application under otel-cb-instrument with the admin endpoint at ``address``."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "otel-cb.yaml").write_text(textwrap.dedent(f"""
+        circuit_breakers:
+          orders:
+            failure_threshold: 5
+            match: {{http: ["{server.url}"]}}
+            {shared_state}
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+               OTEL_CB_ADMIN_TOKEN=TOKEN, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    process = subprocess.Popen(
+        [str(BIN / "otel-cb-instrument"), "--config", str(tmp_path / "otel-cb.yaml"), "--admin-address", address,
+         "python", str(tmp_path / "app.py"), server.url],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = App(process)
+    if running.next_outcomes(3) != ["ok"] * 3:
+        process.kill()
+        raise AssertionError(f"the application did not start: {process.communicate(timeout=10)[1][-2000:]}")
+    return running
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[App, FaultServer, str]]:
     with FaultServer("healthy") as server:
-        (tmp_path / "app.py").write_text(APP)
-        (tmp_path / "otel-cb.yaml").write_text(textwrap.dedent(f"""
-            circuit_breakers:
-              orders:
-                failure_threshold: 5
-                match: {{http: ["{server.url}"]}}
-        """))
         address = f"127.0.0.1:{free_port()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
-        env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
-                   OTEL_CB_ADMIN_TOKEN=TOKEN, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-        process = subprocess.Popen(
-            [str(BIN / "otel-cb-instrument"), "--config", str(tmp_path / "otel-cb.yaml"), "--admin-address", address,
-             "python", str(tmp_path / "app.py"), server.url],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        running = App(process)
+        running = launch(tmp_path, server, address)
         try:
-            assert running.next_outcomes(3) == ["ok"] * 3, process.stderr.read() if process.poll() else ""
             yield running, server, address
         finally:
-            process.kill()
-            process.wait(10)
+            running.process.kill()
+            running.process.wait(10)
 
 
 def otel_cb(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
@@ -147,3 +158,46 @@ def test_a_bad_admin_address_is_a_usage_error_before_the_app_starts(tmp_path: Pa
                              "print('started')"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 2 and "admin address" in result.stderr and "started" not in result.stdout
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_open_fleet_acts_on_every_worker(tmp_path: Path, shared_url: str, namespace: str) -> None:
+    """Two workers share the breaker on Redis; an operator acts through either one's endpoint."""
+    section = f'shared_state: {{backend: redis, url: "{shared_url}", namespace: {namespace}}}'
+    with FaultServer("healthy") as server:
+        workers = []
+        try:
+            for index in range(2):
+                directory = tmp_path / f"worker-{index}"
+                directory.mkdir()
+                address = f"unix:{directory}/admin-{{pid}}.sock"
+                running = launch(directory, server, address, section)
+                workers.append((running, f"unix:{directory}/admin-{running.process.pid}.sock"))
+            (_, first_address), (second, second_address) = workers
+            opened = otel_cb("open", "orders", "--fleet", "--address", first_address)
+            assert opened.returncode == 0, opened.stderr
+            assert "every process" in opened.stdout
+            for running, _ in workers:  # both workers' calls are refused now, not only the first's
+                outcomes = running.next_outcomes(8)
+                assert outcomes[-5:] == ["rejected"] * 5, outcomes
+            status = otel_cb("status", "--address", second_address)
+            assert " forced_open " in status.stdout and "redis" in status.stdout
+            local = otel_cb("reset", "orders", "--address", second_address)  # per process: the fleet's word stands
+            assert local.returncode == 0
+            assert second.next_outcomes(10)[-5:] == ["rejected"] * 5
+            reset = otel_cb("reset", "orders", "--fleet", "--address", second_address)
+            assert reset.returncode == 0, reset.stderr
+            for running, _ in workers:
+                outcomes = running.next_outcomes(8)
+                assert outcomes[-5:] == ["ok"] * 5, outcomes
+        finally:
+            for running, _ in workers:
+                running.process.kill()
+                running.process.wait(10)
