@@ -104,6 +104,7 @@ def add_commands(commands: Any) -> None:
                             f"{TOKEN_ENV})")
 
     status = commands.add_parser("status", help="print a table of a running process's breakers")
+    status.set_defaults(run=run)
     common(status)
     status.add_argument("--json", action="store_true", help="print the endpoint's JSON instead")
     helps = {"open": "force a breaker open (rejects every call until reset)",
@@ -111,14 +112,17 @@ def add_commands(commands: Any) -> None:
              "reset": "close a breaker and forget its window"}
     for name, text in helps.items():
         parser = commands.add_parser(name, help=text)
+        parser.set_defaults(run=run)
         common(parser)
         parser.add_argument("name", metavar="NAME", help="the breaker's name")
         parser.add_argument("--fleet", action="store_true", help="act on every process sharing the breaker's "
                             "state on Redis, not only this one")
     check = commands.add_parser("check", help="run a breaker's health check now")
+    check.set_defaults(run=run)
     common(check)
     check.add_argument("name", metavar="NAME", help="the breaker's name")
     top = commands.add_parser("top", help="a live view of a running process's breakers")
+    top.set_defaults(run=run)
     common(top)
     top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default 1)")
     top.add_argument("--iterations", type=int, default=0, metavar="N", help="stop after N refreshes "
