@@ -113,9 +113,12 @@ def test_answers_never_echo_paths_queries_or_credentials(endpoint: AdminServer) 
 
 
 def test_every_request_needs_the_token_compared_in_constant_time(endpoint: AdminServer,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    assert call(endpoint, "GET", API, token=None)[0] == 401
-    assert call(endpoint, "GET", API, token="s3cret-tokeN")[0] == 401
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_cb.admin"):
+        assert call(endpoint, "GET", API, token=None)[0] == 401
+        assert call(endpoint, "GET", API, token="s3cret-tokeN")[0] == 401
+    assert sum("wrong token" in r.getMessage() for r in caplog.records) == 1  # once a minute per peer
     assert call(endpoint, "POST", f"{API}/admin-payments/force-open", token="x")[0] == 401
     assert otel_cb.registry.get("admin-payments").state.value == "closed"  # type: ignore[union-attr]
     compared: list[tuple[bytes, bytes]] = []

@@ -54,6 +54,7 @@ PREFIX = "/v1/circuit-breakers"
 ACTIONS = ("force-open", "disable", "reset", "check-health")
 _FLEET_ACTIONS = {"force-open": "force_open", "disable": "disable", "reset": "reset"}
 _MAX_PEERS = 1024
+_REFUSAL_LOG_PERIOD = 60.0
 
 
 def breakers() -> list[CircuitBreaker]:
@@ -240,7 +241,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())):
-            logger.warning("otel-cb admin: request from %s refused: missing or wrong token", self._peer())
+            if self.server.should_log_refusal(self._peer_host()):
+                logger.warning("otel-cb admin: request from %s refused: missing or wrong token (logged once a "
+                               "minute per peer)", self._peer())
             raise _Refused(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
     def _body(self) -> dict[str, Any]:
@@ -323,6 +326,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._open_lock = threading.Lock()
         self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._buckets_lock = threading.Lock()
+        self._refusals_logged: dict[str, float] = {}
         if address.path:
             self.address_family = socket.AF_UNIX
             target: Any = address.path
@@ -377,6 +381,17 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def should_log_refusal(self, peer: str) -> bool:
+        """True at most once a minute per peer: a client guessing tokens cannot flood the log."""
+        now = time.monotonic()
+        with self._buckets_lock:
+            if now - self._refusals_logged.get(peer, -_REFUSAL_LOG_PERIOD) < _REFUSAL_LOG_PERIOD:
+                return False
+            if len(self._refusals_logged) >= _MAX_PEERS:
+                self._refusals_logged.clear()
+            self._refusals_logged[peer] = now
+            return True
 
     def limit(self, peer: str) -> None:
         """Spend one request of ``peer``'s budget, or refuse with 429."""
