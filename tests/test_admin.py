@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -122,13 +123,13 @@ def test_every_request_needs_the_token_compared_in_constant_time(endpoint: Admin
     assert call(endpoint, "POST", f"{API}/admin-payments/force-open", token="x")[0] == 401
     assert otel_cb.registry.get("admin-payments").state.value == "closed"  # type: ignore[union-attr]
     compared: list[tuple[bytes, bytes]] = []
-    real = server_module.hmac.compare_digest
+    real = hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
-        return real(a, b)
+        return bool(real(a, b))
 
-    monkeypatch.setattr(server_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     assert call(endpoint, "GET", API)[0] == 200
     assert compared == [(TOKEN.encode(), TOKEN.encode())]
 
@@ -260,7 +261,7 @@ def test_children_forked_while_operators_call_never_hang(breakers: list[otel_cb.
                 finally:
                     os._exit(code)
             children.append(pid)
-        codes = {}
+        codes: dict[int, int] = {}
         deadline = time.monotonic() + 30
         while len(codes) < len(children) and time.monotonic() < deadline:
             for pid in children:

@@ -18,7 +18,8 @@ import pytest
 
 from otel_cb import CircuitBreaker, CircuitOpenError, CircuitState
 from otel_cb.shared import RedisSharedState, fleet_action, from_config, running_locally
-from tests.redis_server import RedisCluster, redis_cluster
+from otel_cb.shared._redis import _Link
+from tests.redis_server import RedisCluster, RedisServer, redis_cluster
 from tests.test_shared_redis import (
     FAST,
     boom,
@@ -75,6 +76,13 @@ def backends(redis_cluster: RedisCluster, namespace: str) -> Iterator[Callable[.
         backend.close()
 
 
+def node_of(breaker: CircuitBreaker, cluster: RedisCluster) -> RedisServer:
+    """The primary that holds ``breaker``'s keys."""
+    link = breaker.shared_state
+    assert isinstance(link, _Link)
+    return cluster.primary_of(link.keys[0])
+
+
 def test_the_config_selects_the_cluster(redis_cluster: RedisCluster, namespace: str) -> None:
     port = redis_cluster.nodes[0].port
     by_flag = from_config({"backend": "redis", "url": f"redis://127.0.0.1:{port}/0", "namespace": namespace,
@@ -99,7 +107,7 @@ def test_breakers_spread_over_the_primaries(backends: Callable[..., RedisSharedS
     backend = backends()
     names = [f"spread-{index}" for index in range(12)]
     attached = [backend.attach(CircuitBreaker(name, config())) for name in names]
-    ports = {redis_cluster.primary_of(breaker.shared_state.keys[0]).port for breaker in attached}
+    ports = {node_of(breaker, redis_cluster).port for breaker in attached}
     assert len(ports) > 1  # the hash tags put different breakers on different nodes
 
 
@@ -111,7 +119,7 @@ def test_a_failover_mid_workload_raises_nothing_and_state_reconverges(
     mine = {name: here.attach(CircuitBreaker(name, config())) for name in names}
     theirs = {name: there.attach(CircuitBreaker(name, config())) for name in names}
     time.sleep(0.3)
-    victim = redis_cluster.primary_of(mine[names[0]].shared_state.keys[0])
+    victim = node_of(mine[names[0]], redis_cluster)
     unexpected: list[BaseException] = []
     stop = threading.Event()
 
