@@ -161,3 +161,40 @@ def test_a_failover_mid_workload_raises_nothing_and_state_reconverges(
     assert not unexpected, unexpected[:3]
     with pytest.raises(ConnectionError, match="dependency down"):
         mine[names[3]].call(boom)
+
+
+def test_an_unreachable_cluster_never_blocks_start_up_or_a_call(namespace: str) -> None:
+    from tests.redis_server import free_port
+
+    started = time.monotonic()
+    backend = RedisSharedState(f"redis+cluster://127.0.0.1:{free_port()}", namespace=namespace, **FAST)
+    try:
+        breaker = backend.attach(CircuitBreaker("nowhere", config()))
+        assert time.monotonic() - started < 0.5  # nothing connects on the caller's thread
+        assert breaker.call(ok) == "ok"
+        assert wait_until(lambda: running_locally(breaker))
+        fail(breaker, 3)  # the local rules still protect
+        assert breaker.state is CircuitState.OPEN
+        with pytest.raises(ConnectionError, match="nothing changed"):
+            fleet_action(breaker, "reset")
+    finally:
+        backend.close()
+
+
+def test_a_child_forked_from_a_cluster_backend_connects_on_its_own(backends: Callable[..., RedisSharedState]) -> None:
+    import os
+
+    parent = backends().attach(CircuitBreaker("forked", config()))
+    other = backends().attach(CircuitBreaker("forked", config()))
+    time.sleep(0.3)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            fleet_action(parent, "force_open")  # on the child's own cluster connections
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_until(lambda: other.state is CircuitState.FORCED_OPEN and parent.state is CircuitState.FORCED_OPEN)

@@ -162,8 +162,12 @@ class RedisSharedState:
         self._url = url
         self._client = client
         self.cluster = cluster or (url is not None and urlsplit(url).scheme.endswith("+cluster"))
+        if self.cluster:
+            from redis.exceptions import RedisClusterException
+
+            self._errors = (*self._errors, RedisClusterException)  # not a RedisError, yet Redis's fault
         self._make_clients(own=not isinstance(client, redis.Redis))
-        self.where = _describe(self._slow)
+        self.where = _describe_url(url) if self.cluster else _describe(self._slow)
         self.channel = f"otel_cb:{namespace}:events"
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lease_ids = itertools.count()
@@ -184,14 +188,16 @@ class RedisSharedState:
         """Build the clients and register the scripts: at construction, and in a forked
         child, whose inherited pools may hold locks that a thread of the parent took."""
         self._owns_clients = own
+        self._connected = threading.Event()
         if not own:
             assert self._client is not None
             self._fast = self._slow = self._client
         elif self.cluster:
-            # Our own pools, without retries on the call path: a retry would multiply its budget.
-            # Background work may retry once, which is how the client learns of a failover.
-            self._fast = _cluster_client(self._url, self.timeout, retries=0)
-            self._slow = _cluster_client(self._url, max(self.timeout, 1.0), retries=1)
+            # Made by the worker thread (_connect_cluster): a cluster client talks to the cluster
+            # as it is built, which neither the application's start-up nor a fork may wait on.
+            self._fast = self._slow = None
+            self._read = self._open = self._close = self._record = self._manual = self._acquire = None
+            return  # _connected stays clear until then
         else:
             self._fast = _sync_client(self._url, self._client, self.timeout)
             self._slow = _sync_client(self._url, self._client, max(self.timeout, 1.0))
@@ -201,6 +207,22 @@ class RedisSharedState:
         self._record = self._slow.register_script(_scripts.RECORD)
         self._manual = self._slow.register_script(_scripts.MANUAL)
         self._acquire = self._fast.register_script(_scripts.ACQUIRE)
+        self._connected.set()
+
+    def _connect_cluster(self) -> None:
+        """Build the cluster clients (worker thread); raises what the cluster answers."""
+        # Our own pools, without retries on the call path: a retry would multiply its budget.
+        # Background work may retry once, which is how the client learns of a failover.
+        fast = _cluster_client(self._url, self.timeout, retries=0)
+        slow = _cluster_client(self._url, max(self.timeout, 1.0), retries=1)
+        self._read = slow.register_script(_scripts.READ)
+        self._open = slow.register_script(_scripts.OPEN)
+        self._close = slow.register_script(_scripts.CLOSE)
+        self._record = slow.register_script(_scripts.RECORD)
+        self._manual = slow.register_script(_scripts.MANUAL)
+        self._fast, self._slow = fast, slow
+        self._acquire = fast.register_script(_scripts.ACQUIRE)  # last: the call path starts using it
+        self._connected.set()
 
     # -- public ----------------------------------------------------------------
 
@@ -271,6 +293,8 @@ class RedisSharedState:
             if breaker is not None:
                 self.detach(breaker)
         for client in {id(self._fast): self._fast, id(self._slow): self._slow}.values():
+            if client is None:
+                continue
             try:
                 client.close()
             except Exception:  # pragma: no cover - closing a broken connection
@@ -294,7 +318,8 @@ class RedisSharedState:
         if not self._closed:
             if self._owns_clients:
                 for client in (self._fast, self._slow):
-                    _abandon(client)
+                    if client is not None:
+                        _abandon(client)
             self._make_clients(own=True)
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._links_lock = threading.Lock()
@@ -337,7 +362,8 @@ class RedisSharedState:
         if self._fast is not self._slow:
             # Connections pooled before the outage may be dead: the call path must not find out.
             if self.cluster:
-                self._fast.disconnect_connection_pools()
+                if self._fast is not None:
+                    self._fast.disconnect_connection_pools()
             else:
                 self._fast.connection_pool.disconnect()
         self._publish_pending(links)
@@ -394,12 +420,17 @@ class RedisSharedState:
                     if time.monotonic() < next_retry:
                         continue
                     next_retry = time.monotonic() + self.retry_interval
-                    self._slow.ping()
+                    if self._slow is None:
+                        self._connect_cluster()
+                    else:
+                        self._slow.ping()
                     self._armed = False
                     self._recover()
                     announced = False
                     next_poll = time.monotonic() + self.sync_interval
                     continue
+                if self._slow is None:
+                    self._connect_cluster()
                 self._publish_pending(links)
                 if self._armed:
                     time.sleep(self.flush_interval)  # let a batch build up
@@ -474,6 +505,9 @@ class RedisSharedState:
         while not self._closed:
             if self._down:
                 self._up.wait(self.retry_interval)
+                continue
+            if self._slow is None:  # the worker has not connected to the cluster yet
+                time.sleep(0.005)
                 continue
             try:
                 if pubsub is None:
@@ -574,7 +608,7 @@ class _Link:
 
     def acquire_probe(self) -> bool:
         backend = self.backend
-        if backend._down:
+        if backend._down or backend._acquire is None:
             return True  # the local limit of half_open_max_calls still applies
         breaker = self.breaker()
         if breaker is None:
@@ -626,7 +660,8 @@ class _Link:
         """
         backend = self.backend
         manual = {"force_open": "forced_open", "disable": "disabled", "reset": "reset"}[action]
-        if backend._down:
+        # An operator's call, not the application's: it may wait for a cluster connection being made.
+        if not backend._connected.wait(max(backend.timeout, 1.0)) or backend._down:
             raise ConnectionError(f"shared state on Redis at {backend.where} is unavailable; "
                                   "nothing changed (act per process instead)")
         try:
@@ -802,12 +837,14 @@ def _abandon(client: Any) -> None:
     _abandoned.append(client)
 
 
+def _describe_url(url: str | None) -> str:
+    """Where a cluster URL points, without credentials, paths or database secrets."""
+    parts = urlsplit(url or "")
+    return f"cluster {parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
 def _describe(client: Any) -> str:
     """Where a client connects, without credentials, paths or database secrets."""
-    default = getattr(client, "get_default_node", None)
-    if default is not None:
-        node = default()
-        return f"cluster {node.host}:{node.port}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return "a unix socket"
