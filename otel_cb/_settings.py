@@ -11,13 +11,13 @@ Sources, first match wins: an explicit path or mapping; the file named by
     plugins: {my_plugin: {...}}      # free-form, read by plugins in otel_cb_configure
 
 Every breaker section is laid over ``defaults``; the core fields are checked
-by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and the
-integration keys (``failure_statuses``, ``fallback``, ``failure_codes``,
-``shared_state``) by each integration's ``validate_settings(name, section)``
-when that integration is importable. Every problem is reported with its
-location (file, line for YAML, and the key path); validation collects all of
-them rather than stopping at the first (the collector, ``Problems`` and the
-"did you mean" suggestions live in ``_problems``; value masking in ``_redact``).
+by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and every other
+key by the plugin that declares it through ``otel_cb_config_keys`` (this
+module names no integration; a key no plugin declares is unknown). Every
+problem is reported with its location (file, line for YAML, and the key
+path); validation collects all of them rather than stopping at the first (the
+collector, ``Problems`` and the "did you mean" suggestions live in
+``_problems``; value masking in ``_redact``).
 
 Reading is bounded (``MAX_FILE_BYTES``, ``MAX_DEPTH``, ``MAX_VALUES`` with YAML
 aliases expanded, ``MAX_BREAKERS``), and YAML is parsed once, with libyaml
@@ -34,7 +34,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -48,7 +48,6 @@ from ._redact import shown
 __all__ = [
     "BreakerSection",
     "ConfigError",
-    "INTEGRATION_KEYS",
     "MAX_BREAKERS",
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
@@ -66,14 +65,9 @@ CONFIG_ENV = "OTEL_CB_CONFIG"
 DEFAULT_FILE = "otel-cb.yaml"
 PYPROJECT_TABLE = "otel-cb"
 KINDS = ("http", "grpc", "db")
-INTEGRATION_KEYS = frozenset({"failure_statuses", "fallback", "failure_codes", "shared_state",
-                              "failure_sqlstates", "ignore_sqlstates"})
-# Integrations that validate their own keys; imported only when a section uses one.
-_VALIDATORS = ("otel_cb.integrations.httpx", "otel_cb.integrations.grpc", "otel_cb.integrations.asyncpg",
-               "otel_cb.shared")
 _TOP_LEVEL = ("circuit_breakers", "auto_breakers", "plugins")
 _CORE_KEYS = frozenset(f for f in CircuitBreakerConfig.__dataclass_fields__) | {"preset"}
-_SECTION_KEYS = _CORE_KEYS | INTEGRATION_KEYS | {"match"}
+_SECTION_KEYS = _CORE_KEYS | {"match"}
 _DEFAULT_AUTO_MAX = 1000
 
 
@@ -365,6 +359,9 @@ def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] 
         ConfigError: listing every problem with its location.
     """
     problems = _Collector(source, lines or {})
+    from . import _plugins
+
+    plugin_keys = _plugins.config_keys()
     if not isinstance(data, Mapping):
         problems.add((), f"{shown(data)} is not allowed; the config must be a mapping with keys "
                      f"{', '.join(_TOP_LEVEL)}")
@@ -401,9 +398,9 @@ def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] 
         problems.add(("circuit_breakers", "defaults", "match"), "not allowed in defaults; put match rules in a "
                      "named breaker section")
     else:
-        defaults = _section_config(("circuit_breakers", "defaults"), default_raw, problems,
+        defaults = _section_config(("circuit_breakers", "defaults"), default_raw, problems, plugin_keys,
                                    import_modules) or defaults
-        _integration_keys("defaults", ("circuit_breakers", "defaults"), default_raw, problems)
+        _plugin_settings("defaults", ("circuit_breakers", "defaults"), default_raw, problems, plugin_keys)
     sections = []
     for name, raw in breakers.items():
         if name == "defaults":
@@ -419,9 +416,9 @@ def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] 
             problems.add(path, f"{shown(raw)} is not allowed; use a mapping of settings")
             continue
         merged = {**default_raw, **raw}
-        config = _section_config(path, merged, problems, import_modules)
+        config = _section_config(path, merged, problems, plugin_keys, import_modules)
         match = _match(path, raw.get("match", {}), problems)
-        _integration_keys(name, path, merged, problems)
+        _plugin_settings(name, path, merged, problems, plugin_keys)
         if config is not None:
             merged.pop("match", None)
             sections.append(BreakerSection(name, config, match, MappingProxyType(merged)))
@@ -466,10 +463,10 @@ def _auto(raw: object, problems: _Collector) -> tuple[bool, int]:
 
 
 def _section_config(path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector,
-                    import_modules: bool = True) -> CircuitBreakerConfig | None:
+                    plugin_keys: Mapping[str, Any], import_modules: bool = True) -> CircuitBreakerConfig | None:
     for key in raw:
-        if key not in _SECTION_KEYS:
-            problems.add((*path, _key(key)), unknown_key(key, raw[key], _SECTION_KEYS, "setting"))
+        if key not in _SECTION_KEYS and key not in plugin_keys:
+            problems.add((*path, _key(key)), unknown_key(key, raw[key], _SECTION_KEYS | set(plugin_keys), "setting"))
     core = {k: v for k, v in raw.items() if k in _CORE_KEYS}
     try:
         return config_from_dict(core, import_modules=import_modules)
@@ -556,29 +553,18 @@ def _match(path: tuple[str, ...], raw: object, problems: _Collector) -> Mapping[
     return MappingProxyType(result)
 
 
-def _integration_keys(name: str, path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector) -> None:
-    if not INTEGRATION_KEYS.intersection(raw):
-        return
-    section = {k: v for k, v in raw.items() if k in INTEGRATION_KEYS}
-    for validate_settings in _validators():
-        try:
-            validate_settings(name, section)
-        except ValueError as exc:
-            problems.add_error(path, exc, INTEGRATION_KEYS)
-        except Exception as exc:
-            # A validator's own bug must not stop the application; it is only checked less.
-            logger.debug("otel-cb: validate_settings raised %s for breaker %r", type(exc).__name__, name)
-
-
-def _validators() -> Iterator[Any]:
-    import importlib
-
-    for module_name in _VALIDATORS:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:
-            # Not written yet, or its client library is not installed: nothing to check with.
-            continue
-        function = getattr(module, "validate_settings", None)
-        if callable(function):
-            yield function
+def _plugin_settings(name: str, path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector,
+                     plugin_keys: Mapping[str, list[tuple[str, Any]]]) -> None:
+    """Check each plugin-declared key of a section with its plugin's validator, one key at a time."""
+    for key, value in raw.items():
+        for plugin_name, validate_settings in plugin_keys.get(key, ()) if isinstance(key, str) else ():
+            try:
+                validate_settings(name, {key: value})
+            except ValueError as exc:
+                # Some validators name the field in full (circuit_breakers.<name>.<key>): point at the key either way.
+                message, prefix = str(exc), f"circuit_breakers.{name}."
+                problems.add_error(path, ValueError(message.removeprefix(prefix)), frozenset({key}))
+            except Exception as exc:
+                # What the check cannot vouch for would fail at run time: a problem, never a pass.
+                problems.add((*path, key), f"{shown(value)} could not be checked ({type(exc).__name__} in plugin "
+                             f"{plugin_name!r}); it is not allowed")

@@ -61,7 +61,8 @@ from __future__ import annotations
 from typing import Literal
 
 from .._breaker import CircuitBreaker
-from ._config import from_config, validate_settings
+from ._backends import from_config
+from ._config import validate_settings
 from ._redis import RedisSharedState, running_locally
 
 __all__ = ["RedisSharedState", "fleet_action", "from_config", "running_locally", "validate_settings"]

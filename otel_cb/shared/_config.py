@@ -1,28 +1,22 @@
-"""The ``shared_state:`` configuration section: validation, and one backend per setting.
+"""The ``shared_state:`` configuration section: its validation, without connecting or importing redis.
 
-``from_config`` is the door the configuration-file loader uses; it hands out
-one ``RedisSharedState`` per distinct setting, so every breaker configured
-with the same Redis and namespace shares one connection pool and one pair of
-threads. Errors name the field, the value (credentials masked by
-``otel_cb._redact``) and what is allowed, every problem of a section at once.
+``_backends.from_config`` turns a validated section into a backend. Errors
+name the field, the value (credentials masked by ``otel_cb._redact``) and what
+is allowed, every problem of a section at once.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._config import parse_duration
 from .._problems import Problems, unknown_key
 from .._redact import shown
 
-if TYPE_CHECKING:
-    from ._redis import RedisSharedState
-
-__all__ = ["check_settings", "from_config", "validate_settings", "FIELDS"]
+__all__ = ["check_settings", "validate_settings", "FIELDS"]
 
 FIELDS = ("backend", "url", "namespace", "timeout", "flush_interval", "sync_interval", "probe_lease",
           "retry_interval", "cluster")
@@ -30,33 +24,6 @@ _DURATIONS = FIELDS[3:8]
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 _MAX_DURATION = 3600.0
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_instances: dict[tuple[Any, ...], RedisSharedState] = {}
-_instances_lock = threading.Lock()
-
-
-def from_config(mapping: Mapping[str, Any]) -> RedisSharedState:
-    """Validate a ``shared_state:`` section and return the backend for it.
-
-    The section is ``{backend: redis, url: redis://host:6379/0, namespace: name}``
-    plus, optionally, ``timeout``, ``flush_interval``, ``sync_interval``,
-    ``probe_lease`` and ``retry_interval`` (seconds, or strings such as
-    ``"50ms"``). Equal sections return the same ``RedisSharedState``; call
-    ``attach(breaker)`` on it for each breaker the section applies to.
-
-    Raises:
-        ValueError: naming the field, the value and what is allowed.
-    """
-    url, namespace, durations = _parse(mapping)
-    cluster = bool(mapping.get("cluster", False))
-    key = (url, namespace, cluster, *sorted(durations.items()))
-    with _instances_lock:
-        instance = _instances.get(key)
-        if instance is None or instance._closed:
-            from ._redis import RedisSharedState
-
-            instance = _instances[key] = RedisSharedState(url, namespace=namespace, client=None, cluster=cluster,
-                                                          **durations)
-        return instance
 
 
 def validate_settings(name: str, section: Mapping[str, Any]) -> None:

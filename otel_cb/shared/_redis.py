@@ -65,9 +65,6 @@ _backends: weakref.WeakSet[RedisSharedState] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # A worker forked from a master that attached breakers (gunicorn --preload)
     # inherits the backends but not their threads: give it threads of its own.
-    from . import _config
-
-    _config._instances_lock = threading.Lock()  # a thread of the parent may have held it
     for backend in list(_backends):
         backend._reset_after_fork()
 
