@@ -533,3 +533,18 @@ def test_fleet_action_needs_shared_state() -> None:
         fleet_action(CircuitBreaker("alone"), "force_open")
     with pytest.raises(ValueError, match="action"):
         fleet_action(CircuitBreaker("alone"), "explode")  # type: ignore[arg-type]
+
+
+def test_every_process_logs_an_operators_fleet_wide_action(backends: Callable[..., RedisSharedState],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    here = backends().attach(CircuitBreaker("audited", config()))
+    there = backends().attach(CircuitBreaker("audited", config()))
+    time.sleep(0.3)
+    with caplog.at_level(logging.WARNING, logger="otel_cb.shared"):
+        fleet_action(here, "force_open")
+        assert wait_until(lambda: there.state is CircuitState.FORCED_OPEN)
+        fleet_action(there, "reset")
+        assert wait_until(lambda: here.state is CircuitState.CLOSED)
+    lines = [r.getMessage() for r in caplog.records if "by an operator" in r.getMessage()]
+    assert sum("'audited' forced open fleet-wide" in line for line in lines) == 2  # both processes
+    assert sum("'audited' reset fleet-wide" in line for line in lines) == 2

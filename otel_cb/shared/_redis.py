@@ -762,11 +762,13 @@ class _Link:
             if manual == "forced_open":
                 if local is not CircuitState.FORCED_OPEN:
                     breaker.force_open()
+                    self._log_adopted("forced open")
                 self._fleet_manual = True
                 return True
             if manual == "disabled":
                 if local is not CircuitState.DISABLED:
                     breaker.disable()
+                    self._log_adopted("disabled")
                 self._fleet_manual = True
                 return True
             # No manual state any more: a fleet-wide reset (every process, whatever its state),
@@ -774,9 +776,16 @@ class _Link:
             self._fleet_manual = False
             if (reason == "reset" or local in _LOCAL_ONLY) and local is not _CLOSED:
                 breaker.reset()
+                self._log_adopted("reset")
             return False
         finally:
             self._applying = 0
+
+
+    def _log_adopted(self, what: str) -> None:
+        # Every process says so, not only the one the operator talked to: an audit trail per process.
+        logger.warning("otel-cb: circuit breaker %r %s fleet-wide by an operator (namespace %r)", self.name, what,
+                       self.backend.namespace)
 
 
 def _text(value: Any) -> str:
