@@ -95,6 +95,7 @@ def test_errors_are_json_naming_what_was_wrong(endpoint: AdminServer) -> None:
     assert status == 405 and "POST" in answer["error"]
     assert call(endpoint, "DELETE", API)[0] == 405
     assert call(endpoint, "POST", f"{API}/admin-payments/explode")[0] == 404
+    assert call(endpoint, "GET", f"{API}/%ff%fe")[0] == 400
     status, answer = call(endpoint, "POST", f"{API}/admin-payments/reset", body={"fleet": "yes"})
     assert status == 400 and answer["error"].startswith("fleet:")
     status, answer = call(endpoint, "POST", f"{API}/admin-payments/reset", body={"force": 1})

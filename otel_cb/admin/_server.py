@@ -212,7 +212,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) > 2 or not parts[0] or (len(parts) == 2 and parts[1] not in ACTIONS):
             raise _Refused(404, f"no such endpoint; use {PREFIX}/NAME or {PREFIX}/NAME/ACTION with ACTION one of "
                                 f"{', '.join(ACTIONS)} (NAME URL-encoded)")
-        name = unquote(parts[0], errors="strict") if "%" in parts[0] else parts[0]
+        try:
+            name = unquote(parts[0], errors="strict") if "%" in parts[0] else parts[0]
+        except UnicodeDecodeError:
+            raise _Refused(400, "breaker name: not URL-encoded UTF-8") from None
         if len(parts) == 1:
             self._allow(method, "GET")
             self._authenticate(mutating=False)
