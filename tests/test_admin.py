@@ -170,6 +170,13 @@ def test_request_size_and_rate_are_bounded(endpoint: AdminServer) -> None:
         sock.sendall(f"POST {API}/admin-payments/reset HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n"
                      "Content-Length: 100000000\r\n\r\n".encode())
         assert sock.recv(100).startswith(b"HTTP/1.0 413")
+    with socket.create_connection((endpoint.address.host, endpoint.address.port), timeout=5) as sock:
+        sock.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
+        answer = sock.recv(300)
+        assert answer.startswith(b"HTTP/1.0 414") and b"aaaa" not in answer
+    with socket.create_connection((endpoint.address.host, endpoint.address.port), timeout=5) as sock:
+        sock.sendall(f"GET {API} HTTP/1.0\r\n".encode() + b"X-A: b\r\n" * 200 + b"\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.0 431")
     statuses = [call(endpoint, "GET", API, token=None)[0] for _ in range(int(server_module.BURST) + 10)]
     assert 429 in statuses and statuses[0] == 401
 
