@@ -60,6 +60,10 @@ class App:
         for line in self.process.stdout:
             self.lines.append(line.strip())
 
+    def settles_on(self, outcome: str) -> bool:
+        """Whether the next calls end as ``outcome`` (a call already under way may end otherwise)."""
+        return self.next_outcomes(8)[-5:] == [outcome] * 5
+
     def next_outcomes(self, count: int = 5, timeout: float = 10.0) -> list[str]:
         """The next ``count`` outcomes the application prints from now on."""
         start = len(self.lines)
@@ -124,7 +128,7 @@ def test_an_operator_steers_the_running_application(app: tuple[App, FaultServer,
     opened = otel_cb("open", "orders", "--address", address)
     assert opened.returncode == 0, opened.stderr
     assert "forced_open" in opened.stdout
-    assert running.next_outcomes(5) == ["rejected"] * 5  # the application's calls are refused
+    assert running.settles_on("rejected")  # the application's calls are refused
     before = server.requests
     time.sleep(0.3)
     assert server.requests == before  # and none of them reaches the server
@@ -134,13 +138,13 @@ def test_an_operator_steers_the_running_application(app: tuple[App, FaultServer,
     # A wrong token or an unknown breaker is refused (exit 1) and changes nothing.
     wrong = otel_cb("reset", "orders", "--address", address, token="not-the-token")
     assert wrong.returncode == 1 and "401" in wrong.stderr
-    assert running.next_outcomes(3) == ["rejected"] * 3
+    assert running.next_outcomes(3) == ["rejected"] * 3  # nothing changed
     unknown = otel_cb("reset", "no-such-breaker", "--address", address)
     assert unknown.returncode == 1 and "404" in unknown.stderr
 
     reset = otel_cb("reset", "orders", "--address", address)
     assert reset.returncode == 0, reset.stderr
-    assert running.next_outcomes(5) == ["ok"] * 5
+    assert running.settles_on("ok")
     before = server.requests
     time.sleep(0.3)
     assert server.requests > before
@@ -185,18 +189,16 @@ def test_open_fleet_acts_on_every_worker(tmp_path: Path, shared_url: str, namesp
             assert opened.returncode == 0, opened.stderr
             assert "every process" in opened.stdout
             for running, _ in workers:  # both workers' calls are refused now, not only the first's
-                outcomes = running.next_outcomes(8)
-                assert outcomes[-5:] == ["rejected"] * 5, outcomes
+                assert running.settles_on("rejected")
             status = otel_cb("status", "--address", second_address)
             assert " forced_open " in status.stdout and "redis" in status.stdout
             local = otel_cb("reset", "orders", "--address", second_address)  # per process: the fleet's word stands
             assert local.returncode == 0
-            assert second.next_outcomes(10)[-5:] == ["rejected"] * 5
+            assert second.settles_on("rejected")
             reset = otel_cb("reset", "orders", "--fleet", "--address", second_address)
             assert reset.returncode == 0, reset.stderr
             for running, _ in workers:
-                outcomes = running.next_outcomes(8)
-                assert outcomes[-5:] == ["ok"] * 5, outcomes
+                assert running.settles_on("ok")
         finally:
             for running, _ in workers:
                 running.process.kill()
