@@ -266,9 +266,9 @@ def test_children_forked_while_operators_call_never_hang(breakers: list[otel_cb.
                     deadline = time.monotonic() + 10
                     while not os.path.exists(own.path) and time.monotonic() < deadline:
                         time.sleep(0.01)
-                    # An answer that needs no breaker or registry lock (those are the core's to
-                    # make fork-safe): the child's own endpoint serves.
-                    code = 0 if request(own, "GET", f"{API}/admin-payments/reset", token=TOKEN)[0] == 405 else 2
+                    # The child's own endpoint serves, through the registry's and the breakers' locks.
+                    status, answer = request(own, "GET", API, token=TOKEN)
+                    code = 0 if status == 200 and answer["pid"] == os.getpid() else 2
                 finally:
                     os._exit(code)
             children.append(pid)

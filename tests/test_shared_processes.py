@@ -273,9 +273,24 @@ def _busy_redis(breaker: CircuitBreaker, stop: threading.Event) -> None:
             pass
 
 
+def _busy_calls(breaker: CircuitBreaker, stop: threading.Event) -> None:
+    calls = 0
+    while not stop.is_set():
+        calls += 1
+        try:
+            breaker.call(boom if calls % 5 == 0 else lambda: None)
+        except (ConnectionError, CircuitOpenError):
+            pass
+
+
 def _child_work(breaker: CircuitBreaker) -> int:
     from otel_cb.shared import fleet_action
 
+    for _ in range(20):  # through the breaker: its lock, the outcome queue, the child's worker thread
+        try:
+            breaker.call(lambda: None)
+        except CircuitOpenError:
+            pass
     try:
         for _ in range(3):
             fleet_action(breaker, "reset")  # round trips on the child's own connections
@@ -436,4 +451,19 @@ def test_fleet_wide_actions_reach_every_worker_within_100ms(fleet_url: str, proc
             (pid, 0, "closed", "reset", False) for pid in workers}
     finally:
         stop.set()
+        backend.close()
+
+
+def test_children_forked_while_threads_call_through_a_shared_breaker_never_hang(redis_url: str,
+                                                                                namespace: str) -> None:
+    """Issue 13's case: a RedisSharedState breaker with 4 busy threads at fork time hung 30 of 30 children."""
+    rate = breaker_config(failure_threshold=None, failure_rate_threshold=0.9, minimum_calls=1000)
+    backend = RedisSharedState(redis_url, namespace=namespace, **SETTINGS)
+    try:
+        breaker = backend.attach(CircuitBreaker("payments", rate))
+        codes = fork_children(breaker, _busy_calls)
+        hung = [pid for pid, code in codes.items() if code is None]
+        assert not hung, f"{len(hung)} of {len(codes)} children hung"
+        assert set(codes.values()) == {0}, codes
+    finally:
         backend.close()
