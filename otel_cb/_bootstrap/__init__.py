@@ -95,6 +95,10 @@ def _instrument() -> None:
     except Exception:
         logger.error("otel-cb: instrumentation failed; the application runs without circuit breakers",
                      exc_info=True)
+    if os.environ.get("OTEL_CB_ADMIN_ADDRESS"):  # else not even imported: the default costs nothing
+        from ..admin import start_from_env
+
+        start_from_env()  # never raises
 
 
 def _setup_telemetry() -> None:
