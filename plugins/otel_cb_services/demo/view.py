@@ -12,6 +12,7 @@ out: the view prints each transition itself, once.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -120,18 +121,20 @@ def summary(final: list[Row], cycles: dict[str, list[str]], incidents: int, quar
 class _Notices(logging.Handler):
     """Routes the ``otel_cb`` logger's records to the view, without its state-change lines."""
 
-    # The message the telemetry logs for every transition; the view prints those itself.
-    _TRANSITION = "circuit breaker %r %s -> %s (%s)"
+    # The line the telemetry logs for every transition ("circuit breaker 'x' closed -> open
+    # (consecutive_failures)"); the view prints those itself.
+    _TRANSITION = re.compile(r"^circuit breaker '[^']*' \w+ -> \w+ \(\w+\)")
 
     def __init__(self, view: View) -> None:
         super().__init__(logging.INFO)
         self.view = view
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == self._TRANSITION:
-            return
         try:
-            self.view.line(record.getMessage())
+            message = record.getMessage()
+            if self._TRANSITION.match(message):
+                return
+            self.view.line(message)
         except Exception:
             self.handleError(record)
 
