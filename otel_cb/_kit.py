@@ -14,7 +14,9 @@ asks ``select_breaker`` for its breaker, takes a permit, and then uses these:
 - ``annotate_span``: the breaker's name and state on the current span,
   importing telemetry only when first used;
 - ``parse_items``: a list setting (status codes, SQLSTATEs...) checked item
-  by item, with the error every integration words the same way.
+  by item, with the error every integration words the same way;
+- ``breaker_clock``: the breaker's clock, for an integration's own timed
+  state (a response cache), so a test's fake clock moves both.
 
 Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 """
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
     from ._state import CircuitState, Verdict
 
-__all__ = ["ExceptionRule", "annotate_span", "classify_exception", "parse_items", "section_settings",
-           "serve_fallback"]
+__all__ = ["ExceptionRule", "annotate_span", "breaker_clock", "classify_exception", "parse_items",
+           "section_settings", "serve_fallback"]
 
 T = TypeVar("T")
 
@@ -164,6 +166,15 @@ def section_settings(breaker: CircuitBreaker, parse: Callable[[CircuitBreaker, M
     except TypeError:  # a breaker that cannot be weakly referenced: parse every time
         pass
     return value
+
+
+def breaker_clock(breaker: CircuitBreaker) -> Callable[[], float]:
+    """The clock ``breaker`` measures time with (``time.monotonic`` unless a test injected one).
+
+    An integration that keeps timed state of its own for a breaker (the HTTP
+    stale cache's entry ages) reads this clock, so the two never disagree.
+    """
+    return breaker._clock
 
 
 _annotate: Callable[[CircuitBreaker, Any], None] | None = None

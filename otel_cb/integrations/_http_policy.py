@@ -1,11 +1,13 @@
-"""HTTP policy shared by the sync and async httpx paths, free of any client library.
+"""HTTP policy shared by every HTTP integration (httpx, requests), free of any client library.
 
 Owns how an HTTP response counts (``status_verdict``: 429 and 5xx are
 failures, other statuses successes, unless ``failure_statuses`` says
 otherwise; ``retry_after_hint``: the ``Retry-After`` of a failing 429/503),
 the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation and the stale-response cache. The httpx module turns these plain
-values into requests and responses.
+validation, their per-breaker cache (``settings_of``) and the stale-response
+cache. The httpx and requests modules turn these plain values into their
+clients' requests and responses; a breaker both clients use has one set of
+settings and one stale cache.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..plugin import Verdict, parse_duration, parse_items
+from ..plugin import Verdict, breaker_clock, parse_duration, parse_items, section_settings
+
+if TYPE_CHECKING:
+    from .. import CircuitBreaker
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -34,6 +39,7 @@ __all__ = [
     "parse_retry_after",
     "parse_settings",
     "retry_after_hint",
+    "settings_of",
     "status_verdict",
     "validate_settings",
 ]
@@ -249,6 +255,19 @@ def parse_settings(name: str, section: Mapping[str, Any], *,
     if section.get("fallback") is not None:
         fallback = parse_fallback("fallback", section["fallback"], clock=clock)
     return HTTPSettings(statuses, fallback)
+
+
+_DEFAULT_SETTINGS = HTTPSettings()
+
+
+def _parse_section(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
+    # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
+    return parse_settings(breaker.name, section, clock=breaker_clock(breaker))
+
+
+def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
+    """The HTTP settings of ``breaker``'s config section, parsed once per section for every HTTP client."""
+    return section_settings(breaker, _parse_section, _DEFAULT_SETTINGS)
 
 
 def validate_settings(name: str, section: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ when httpx is in use.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -23,10 +23,10 @@ from ..plugin import (
     Call,
     Verdict,
     annotate_span,
+    breaker_clock,
     classify,
     classify_exception,
     log_once,
-    section_settings,
     select_breaker,
     serve_fallback,
 )
@@ -36,8 +36,8 @@ from ._http_policy import (
     StaticResponse,
     parse_failure_statuses,
     parse_fallback,
-    parse_settings,
     retry_after_hint,
+    settings_of,
     status_verdict,
 )
 
@@ -57,7 +57,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
-_DEFAULT_SETTINGS = HTTPSettings()
 _NO_KWARGS: dict[str, Any] = {}
 # Set while a protected request runs, so a patched transport inside a
 # hand-wired CircuitBreakerTransport does not guard the same request twice.
@@ -97,16 +96,6 @@ def describe(request: httpx.Request) -> Call:
     return Call(kind="http", target=f"{scheme}://{host}:{port}", method=request.method, url=full, request=request)
 
 
-def _parse(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
-    # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
-    return parse_settings(breaker.name, section, clock=breaker._clock)
-
-
-def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
-    """The HTTP settings of ``breaker``'s config section, parsed once per section."""
-    return section_settings(breaker, _parse, _DEFAULT_SETTINGS)
-
-
 def _not_the_server(exc: BaseException) -> Verdict | None:
     return "ignored" if isinstance(exc, _NOT_THE_SERVER) else None
 
@@ -129,7 +118,7 @@ class _Router:
         self._statuses = None if failure_statuses is None else \
             parse_failure_statuses("failure_statuses", failure_statuses)
         self._fallback = None if fallback_config is None else parse_fallback(
-            "fallback", fallback_config, **({"clock": breaker._clock} if breaker is not None else {}))
+            "fallback", fallback_config, **({"clock": breaker_clock(breaker)} if breaker is not None else {}))
 
     def prepare(self, request: httpx.Request) -> _Exchange | None:
         """The exchange for ``request``, or None when no breaker protects it."""
