@@ -17,7 +17,6 @@ module imports this one only when requests is in use.
 
 from __future__ import annotations
 
-import contextvars
 import http
 import io
 import weakref
@@ -28,7 +27,6 @@ from urllib.parse import urlsplit
 import requests
 from requests.exceptions import InvalidHeader, InvalidSchema, InvalidURL, MissingSchema, URLRequired
 from urllib3 import HTTPHeaderDict, HTTPResponse
-from urllib3.exceptions import EmptyPoolError
 
 from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
 from ..plugin import (
@@ -47,16 +45,12 @@ __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_ite
 
 FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Errors that say nothing about the server: the request or the client's set-up was wrong, its
-# own pool was exhausted, or another breaker refused it; none of them reached the server.
-_NOT_THE_SERVER = (InvalidURL, InvalidHeader, InvalidSchema, MissingSchema, URLRequired, EmptyPoolError,
-                   CircuitOpenError)
+# Errors that say nothing about the server: the request or the client's set-up was wrong, or
+# another breaker (an adapter subclass's own) refused it; none of them reached the server.
+_NOT_THE_SERVER = (InvalidURL, InvalidHeader, InvalidSchema, MissingSchema, URLRequired, CircuitOpenError)
 # A stored body is the decoded one iter_content yields: its encoding and length headers no longer apply.
 _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _NOT_REPLAYED = frozenset({b"age", b"content-length", b"transfer-encoding"})
-# Set while a protected request is inside the adapter, so an adapter that sends through
-# another patched adapter is guarded once, not twice.
-_GUARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.requests.guarded", default=False)
 
 
 class RequestsCircuitOpenError(CircuitOpenError, requests.exceptions.ConnectionError):
@@ -309,7 +303,7 @@ def _response(adapter: Any, call: Call, status: int, headers: list[tuple[str, st
 def patched_send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``requests.adapters.HTTPAdapter.send``."""
     request = args[0] if args else kwargs.get("request")
-    if _GUARDED.get() or not isinstance(request, requests.PreparedRequest):
+    if not isinstance(request, requests.PreparedRequest):
         return wrapped(*args, **kwargs)
     exchange = _prepare(request)
     if exchange is None:
@@ -317,13 +311,10 @@ def patched_send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ..
     served = exchange.admit(instance)
     if served is not None:
         return served
-    token = _GUARDED.set(True)
     try:
         response = wrapped(*args, **kwargs)
     except BaseException as exc:
-        _GUARDED.reset(token)
         return exchange.failed(instance, exc)
-    _GUARDED.reset(token)
     return exchange.responded(response)
 
 

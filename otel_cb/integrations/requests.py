@@ -28,8 +28,8 @@ The same rules as httpx, from the same code:
   retries exhausted on statuses (``RetryError``), HTTP 5xx and 429 are
   failures.
 - Other 4xx are successes: the server is healthy, the request was not.
-  ``InvalidURL``, ``InvalidHeader``, an exhausted ``pool_block`` pool and a
-  rejection by another breaker count as neither. Other exceptions follow the
+  ``InvalidURL``, ``InvalidHeader`` and a rejection by another breaker
+  count as neither. Other exceptions follow the
   breaker's ``record_exceptions`` / ``ignore_exceptions``; interrupts are no
   verdict.
 - ``failure_statuses: [429, "5xx", "520-530"]`` in a breaker's config section
