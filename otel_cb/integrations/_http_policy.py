@@ -1,8 +1,9 @@
 """HTTP policy shared by every HTTP integration (httpx, requests), free of any client library.
 
-Owns how an HTTP response counts (``status_verdict``: 429 and 5xx are
-failures, other statuses successes, unless ``failure_statuses`` says
-otherwise; ``retry_after_hint``: the ``Retry-After`` of a failing 429/503),
+Owns how an HTTP response counts (``judge_head``: the hooks, else
+``status_verdict``: 429 and 5xx are failures, other statuses successes,
+unless ``failure_statuses`` says otherwise; ``retry_after_hint``: the
+``Retry-After`` of a failing 429/503),
 the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
 validation, their per-breaker cache (``settings_of``) and the stale-response
 cache. The httpx and requests modules turn these plain values into their
@@ -23,15 +24,16 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
-from ..plugin import Verdict, breaker_clock, parse_duration, parse_items, section_settings
+from ..plugin import Call, Verdict, breaker_clock, classify, parse_duration, parse_items, section_settings
 
 if TYPE_CHECKING:
-    from .. import CircuitBreaker
+    from .. import CircuitBreaker, Permit
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
     "RETRY_AFTER_STATUSES",
     "HTTPSettings",
+    "judge_head",
     "StaleCache",
     "StaticResponse",
     "parse_failure_statuses",
@@ -292,3 +294,31 @@ def status_verdict(status: int, failure_statuses: frozenset[int]) -> Verdict:
 def retry_after_hint(status: int, header: str | None) -> float | None:
     """Seconds a failing 429 or 503 asks the client to wait (its ``Retry-After``); None for other statuses."""
     return parse_retry_after(header) if status in RETRY_AFTER_STATUSES else None
+
+
+def judge_head(call: Call, permit: Permit, response: object, status: int, headers: Mapping[str, str],
+               failure_statuses: frozenset[int]) -> bool | None:
+    """Judge a response head for every HTTP client: the ``otel_cb_classify`` hooks, else the status.
+
+    A verdict other than success is recorded on ``permit`` at once (a failing
+    429/503 with its ``Retry-After``) and None is returned. A healthy head
+    leaves the permit to the body's end and returns whether a hook decided
+    (then the body's end records a plain success, without ``is_failure_result``).
+
+    Args:
+        call: The call, as the hooks see it.
+        permit: Its permit.
+        response: The client's response object, for the hooks.
+        status: Its status code.
+        headers: Its headers (``.get("retry-after")`` is read on a failure only).
+        failure_statuses: The breaker's failing statuses.
+    """
+    verdict = classify(call, response, None)
+    hooked = verdict is not None
+    if verdict is None:
+        verdict = status_verdict(status, failure_statuses)
+    if verdict == "success":
+        return hooked
+    retry_after = retry_after_hint(status, headers.get("retry-after")) if verdict == "failure" else None
+    permit.record(verdict, retry_after=retry_after)
+    return None

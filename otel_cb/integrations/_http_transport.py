@@ -24,7 +24,6 @@ from ..plugin import (
     Verdict,
     annotate_span,
     breaker_clock,
-    classify,
     classify_exception,
     log_once,
     select_breaker,
@@ -34,11 +33,10 @@ from ._http_policy import (
     HTTPSettings,
     StaleCache,
     StaticResponse,
+    judge_head,
     parse_failure_statuses,
     parse_fallback,
-    retry_after_hint,
     settings_of,
-    status_verdict,
 )
 
 __all__ = [
@@ -216,17 +214,12 @@ class _Exchange:
         permit = self.permit
         assert permit is not None
         try:
-            verdict = classify(self.call, response, None)
-            self.hook_verdict = verdict is not None
             status = response.status_code
-            if verdict is None:
-                verdict = status_verdict(status, self.settings.failure_statuses)
-            if verdict != "success":
-                retry_after = None
-                if verdict == "failure":
-                    retry_after = retry_after_hint(status, response.headers.get("retry-after"))
-                permit.record(verdict, retry_after=retry_after)
+            hooked = judge_head(self.call, permit, response, status, response.headers,
+                                self.settings.failure_statuses)
+            if hooked is None:
                 return False
+            self.hook_verdict = hooked
             cache = self.settings.fallback
             if isinstance(cache, StaleCache) and 200 <= status < 300:
                 request = self.call.request
