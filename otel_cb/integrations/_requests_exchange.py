@@ -33,13 +33,12 @@ from ..plugin import (
     Call,
     Verdict,
     annotate_span,
-    classify,
     classify_exception,
     log_once,
     select_breaker,
     serve_fallback,
 )
-from ._http_policy import HTTPSettings, StaleCache, StaticResponse, retry_after_hint, settings_of, status_verdict
+from ._http_policy import HTTPSettings, StaleCache, StaticResponse, judge_head, settings_of
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
 
@@ -159,17 +158,12 @@ class _Exchange:
         permit = self.permit
         assert permit is not None
         try:
-            verdict = classify(self.call, response, None)
-            self.hook_verdict = verdict is not None
             status = response.status_code
-            if verdict is None:
-                verdict = status_verdict(status, self.settings.failure_statuses)
-            if verdict != "success":
-                retry_after = None
-                if verdict == "failure":
-                    retry_after = retry_after_hint(status, response.headers.get("retry-after"))
-                permit.record(verdict, retry_after=retry_after)
+            hooked = judge_head(self.call, permit, response, status, response.headers,
+                                self.settings.failure_statuses)
+            if hooked is None:
                 return response
+            self.hook_verdict = hooked
             cache = self.settings.fallback
             if isinstance(cache, StaleCache) and 200 <= status < 300:
                 self.cache_key = cache.key(self.call.method, self.call.url, _credentials(self.call.request))
