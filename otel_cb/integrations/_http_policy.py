@@ -5,10 +5,11 @@ Owns how an HTTP response counts (``judge_head``: the hooks, else
 unless ``failure_statuses`` says otherwise; ``retry_after_hint``: the
 ``Retry-After`` of a failing 429/503),
 the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation, their per-breaker cache (``settings_of``) and the stale-response
-cache. The httpx and requests modules turn these plain values into their
-clients' requests and responses; a breaker both clients use has one set of
-settings and one stale cache.
+validation, their per-breaker cache (``settings_of``), the stale-response
+cache and the order fallbacks are tried in (``serve_http_fallback``). The
+httpx and requests modules turn these plain values into their clients'
+requests and responses; a breaker both clients use has one set of settings
+and one stale cache.
 """
 
 from __future__ import annotations
@@ -22,9 +23,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..plugin import Call, Verdict, breaker_clock, classify, parse_duration, parse_items, section_settings
+from ..plugin import (
+    Call,
+    Verdict,
+    breaker_clock,
+    classify,
+    log_once,
+    parse_duration,
+    parse_items,
+    section_settings,
+    serve_fallback,
+)
 
 if TYPE_CHECKING:
     from .. import CircuitBreaker, Permit
@@ -34,6 +45,7 @@ __all__ = [
     "RETRY_AFTER_STATUSES",
     "HTTPSettings",
     "judge_head",
+    "serve_http_fallback",
     "StaleCache",
     "StaticResponse",
     "parse_failure_statuses",
@@ -45,6 +57,8 @@ __all__ = [
     "status_verdict",
     "validate_settings",
 ]
+
+R = TypeVar("R")
 
 DEFAULT_FAILURE_STATUSES = frozenset([429, *range(500, 600)])
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -322,3 +336,29 @@ def judge_head(call: Call, permit: Permit, response: object, status: int, header
     retry_after = retry_after_hint(status, headers.get("retry-after")) if verdict == "failure" else None
     permit.record(verdict, retry_after=retry_after)
     return None
+
+
+def serve_http_fallback(call: Call, breaker: CircuitBreaker, error: BaseException, accept: type[R],
+                        configured: StaleCache | StaticResponse | None,
+                        build: Callable[[StaleCache | StaticResponse, Call], R | None]) -> R | None:
+    """What an HTTP client hands the caller instead of ``error``: counted; None lets ``error`` propagate.
+
+    An ``otel_cb_fallback`` hook's ``accept`` answer wins; else the breaker's
+    ``configured`` fallback, which ``build`` turns into the client's response
+    (None: the stale cache has no fresh entry, counted as a ``failure``). A
+    fallback that raises is logged once and counted as a ``failure``.
+    """
+    try:
+        value = serve_fallback(call, breaker, error, accept)
+        if value is not None:
+            return value  # type: ignore[return-value]
+        if configured is None:
+            return None
+        response = build(configured, call)
+    except Exception:
+        log_once(("http", "fallback", accept.__module__), "otel-cb: an HTTP fallback (%s) failed; the error "
+                 "propagates", accept.__module__.partition(".")[0], exc_info=True)
+        breaker.count_fallback("failure")
+        return None
+    breaker.count_fallback("success" if response is not None else "failure")
+    return response

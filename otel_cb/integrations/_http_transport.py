@@ -27,7 +27,6 @@ from ..plugin import (
     classify_exception,
     log_once,
     select_breaker,
-    serve_fallback,
 )
 from ._http_policy import (
     HTTPSettings,
@@ -36,6 +35,7 @@ from ._http_policy import (
     judge_head,
     parse_failure_statuses,
     parse_fallback,
+    serve_http_fallback,
     settings_of,
 )
 
@@ -300,21 +300,8 @@ class _Exchange:
 
     def _fallback(self, error: BaseException) -> httpx.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
-        try:
-            value = serve_fallback(self.call, self.breaker, error, httpx.Response)
-            if value is not None:
-                return value  # type: ignore[return-value]
-            configured = self.settings.fallback
-            if configured is None:
-                return None
-            response = _configured_response(configured, self.call)
-        except Exception:
-            log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
-                      exc_info=True)
-            self.breaker.count_fallback("failure")
-            return None
-        self.breaker.count_fallback("success" if response is not None else "failure")
-        return response
+        return serve_http_fallback(self.call, self.breaker, error, httpx.Response, self.settings.fallback,
+                                   _configured_response)
 
 
 def _configured_response(configured: StaleCache | StaticResponse, call: Call) -> httpx.Response | None:
