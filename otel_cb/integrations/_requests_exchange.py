@@ -36,9 +36,8 @@ from ..plugin import (
     classify_exception,
     log_once,
     select_breaker,
-    serve_fallback,
 )
-from ._http_policy import HTTPSettings, StaleCache, StaticResponse, judge_head, settings_of
+from ._http_policy import HTTPSettings, StaleCache, StaticResponse, judge_head, serve_http_fallback, settings_of
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
 
@@ -235,21 +234,8 @@ class _Exchange:
 
     def _fallback(self, adapter: Any, error: BaseException) -> requests.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
-        try:
-            value = serve_fallback(self.call, self.breaker, error, requests.Response)
-            if value is not None:
-                return value  # type: ignore[return-value]
-            configured = self.settings.fallback
-            if configured is None:
-                return None
-            response = _configured_response(adapter, configured, self.call)
-        except Exception:
-            log_once(("requests", "fallback"), "otel-cb: a requests fallback failed; the error propagates",
-                     exc_info=True)
-            self.breaker.count_fallback("failure")
-            return None
-        self.breaker.count_fallback("success" if response is not None else "failure")
-        return response
+        return serve_http_fallback(self.call, self.breaker, error, requests.Response, self.settings.fallback,
+                                   lambda configured, call: _configured_response(adapter, configured, call))
 
 
 # Healthy heads whose body is still to be read; weak, so a dropped response takes its exchange along.

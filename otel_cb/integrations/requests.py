@@ -105,7 +105,7 @@ import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..plugin import Patch, SectionValidator, hookimpl
+from ..plugin import Patch, SectionValidator, Wrapper, hookimpl
 from ._http_policy import validate_settings
 
 if TYPE_CHECKING:
@@ -132,16 +132,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return (_machinery or _load()).patched_send(wrapped, instance, args, kwargs)
+def _forward(name: str) -> Wrapper:
+    """A wrapt wrapper that runs ``name`` of the machinery, loading it (and requests) on first use."""
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return getattr(_machinery or _load(), name)(wrapped, instance, args, kwargs)
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    return wrapper
 
 
-def _iter_content(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return (_machinery or _load()).patched_iter_content(wrapped, instance, args, kwargs)
-
-
-def _close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return (_machinery or _load()).patched_close(wrapped, instance, args, kwargs)
+# Built once: a patch is the same patch at every instrument(), so it is applied once.
+_PATCHES = [
+    Patch("requests.adapters", "HTTPAdapter.send", _forward("patched_send"), "requests"),
+    Patch("requests.models", "Response.iter_content", _forward("patched_iter_content"), "requests"),
+    Patch("requests.models", "Response.close", _forward("patched_close"), "requests"),
+]
 
 
 @hookimpl
@@ -153,8 +158,4 @@ def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
 @hookimpl
 def otel_cb_patches() -> list[Patch]:
     """Patch the adapter's send and the response body's end (applied when requests is imported)."""
-    return [
-        Patch("requests.adapters", "HTTPAdapter.send", _send, "requests"),
-        Patch("requests.models", "Response.iter_content", _iter_content, "requests"),
-        Patch("requests.models", "Response.close", _close, "requests"),
-    ]
+    return list(_PATCHES)
