@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http
 import io
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +44,10 @@ __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_ite
 
 FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A prepared URL's scheme and netloc; (scheme, netloc) -> target (None: no destination), built once.
+_ORIGIN = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)")
+_targets: dict[tuple[str, str], str | None] = {}
+_MAX_TARGETS = 4096
 # Errors that say nothing about the server: the request or the client's set-up was wrong, or
 # another breaker (an adapter subclass's own) refused it; none of them reached the server.
 _NOT_THE_SERVER = (InvalidURL, InvalidHeader, InvalidSchema, MissingSchema, URLRequired, CircuitOpenError)
@@ -73,10 +78,26 @@ def describe(request: requests.PreparedRequest) -> Call | None:
     """The ``Call`` of a prepared request (target ``scheme://host:port``, as httpx names it), or
     None when its URL has no host or port the client could connect to (requests rejects it)."""
     url = request.url
-    if not isinstance(url, str):
+    origin = _ORIGIN.match(url) if isinstance(url, str) else None
+    if url is None or origin is None:
         return None
+    scheme, netloc = key = origin[1], origin[2]
+    target = _targets.get(key, "")
+    if target == "":
+        target = _target_of(scheme, netloc)
+        if len(_targets) >= _MAX_TARGETS:
+            _targets.clear()
+        _targets[key] = target
+    if target is None:
+        return None
+    if "@" in netloc:
+        url = f"{scheme}://{netloc.rpartition('@')[2]}{url[origin.end():]}"
+    return Call(kind="http", target=target, method=request.method or "", url=url, request=request)
+
+
+def _target_of(scheme: str, netloc: str) -> str | None:
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(f"{scheme}://{netloc}")
         host, port = parts.hostname, parts.port
     except ValueError:
         return None
@@ -84,11 +105,7 @@ def describe(request: requests.PreparedRequest) -> Call | None:
         return None
     if ":" in host:
         host = f"[{host}]"
-    scheme = parts.scheme
-    if "@" in parts.netloc:
-        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return Call(kind="http", target=f"{scheme}://{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}",
-                method=request.method or "", url=url, request=request)
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
 
 
 def _not_the_server(exc: BaseException) -> Verdict | None:
@@ -178,10 +195,13 @@ class _Exchange:
     def watch(self, response: requests.Response, chunks: Iterator[Any]) -> Iterator[Any]:
         """Yield ``chunks`` (the body, as iter_content gives it); judge the call when they end."""
         try:
-            for chunk in chunks:
-                if self.chunks is not None:
-                    self._keep(chunk)
-                yield chunk
+            if self.chunks is None:
+                yield from chunks
+            else:
+                for chunk in chunks:
+                    if self.chunks is not None:
+                        self._keep(chunk)
+                    yield chunk
         except GeneratorExit:  # the consumer stopped early: the body says nothing
             self.abandon(response)
             raise
