@@ -196,6 +196,14 @@ def test_requests_the_client_rejects_before_any_io_touch_no_breaker(server: Faul
         assert {breaker.name for breaker in registry} - before == {f"http://127.0.0.1:{server.port}"}
 
 
+def test_httpx_and_requests_share_their_config_keys_checked_once() -> None:
+    with pytest.raises(otel_cb.ConfigError) as bad:
+        otel_cb.instrument({"circuit_breakers": {"api": {"failure_statuses": ["6xx"]}}}, disabled=())
+    (problem,) = bad.value.problems
+    assert problem.location.endswith("circuit_breakers.api.failure_statuses") and "'6xx' is not allowed" in \
+        problem.message
+
+
 # -- Retry-After ---------------------------------------------------------------------
 
 
