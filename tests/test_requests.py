@@ -292,6 +292,13 @@ def test_a_probe_closed_early_hands_its_slot_back(server: FaultServer, clock: Fa
         for _ in range(3):  # with the slot leaked, the second would be rejected
             with session.get(server.url, stream=True) as response:
                 assert response.status_code == 200
+                assert breaker.snapshot().half_open_calls == 1
+            assert breaker.snapshot().half_open_calls == 0  # handed back at the close, not at a later admission
+        response = session.get(server.url, stream=True)
+        chunks = response.iter_content(2)  # alive after the close: the slot must not wait for its collection
+        assert next(chunks)
+        response.close()
+        assert breaker.snapshot().half_open_calls == 0
         assert breaker.state is CircuitState.HALF_OPEN
         session.get(server.url)
         session.get(server.url)
