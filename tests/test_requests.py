@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import pickle
 import subprocess
 import sys
 import threading
@@ -250,6 +251,8 @@ def test_rejection_is_a_requests_connection_error(server: FaultServer, clock: Fa
     assert caught.request is not None and caught.request.path_url == "/secret?token=abc"
     assert caught.errno is None and caught.response is None
     assert "secret" not in str(caught) and "token" not in str(caught)
+    copy = pickle.loads(pickle.dumps(caught))
+    assert (type(copy), copy.name, copy.state, str(copy)) == (type(caught), caught.name, caught.state, str(caught))
     assert server.requests == 0
 
 

@@ -73,6 +73,10 @@ class RequestsCircuitOpenError(CircuitOpenError, requests.exceptions.ConnectionE
         self.request = request
         self.response = None
 
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float | None]]:
+        # The request (hooks, body) need not pickle; the breaker's fields do.
+        return (type(self), (self.name, self.state, self.retry_after))
+
 
 def describe(request: requests.PreparedRequest) -> Call | None:
     """The ``Call`` of a prepared request (target ``scheme://host:port``, as httpx names it), or
