@@ -13,8 +13,8 @@ every Python process the application starts too. ``boot()``:
 3. sets up the OpenTelemetry SDK through ``otel_cb.telemetry.configure()``,
    which leaves providers alone if the app or ``opentelemetry-instrument``
    installed them, and enables otel-cb's telemetry;
-4. activates OpenTelemetry's own client instrumentors for httpx, grpc and
-   asyncpg when installed and not already active (so client spans exist).
+4. activates OpenTelemetry's own client instrumentors for httpx, requests,
+   grpc and asyncpg when installed and not already active (so client spans exist).
 
 When ``opentelemetry-instrument`` runs inside ``otel-cb-instrument``, its
 ``sitecustomize`` comes first on the path and ours never runs; instead its
@@ -44,8 +44,9 @@ ACTIVE_ENV = "OTEL_CB_INSTRUMENT"
 
 # OpenTelemetry instrumentor entry points (group opentelemetry_instrumentor)
 # for the clients otel-cb protects; servers are the application's business.
-CLIENT_INSTRUMENTORS = ("httpx", "grpc_client", "grpc_aio_client", "asyncpg")
-_LIBRARY_OF = {"httpx": "httpx", "grpc_client": "grpc", "grpc_aio_client": "grpc", "asyncpg": "asyncpg"}
+CLIENT_INSTRUMENTORS = ("httpx", "requests", "grpc_client", "grpc_aio_client", "asyncpg")
+_LIBRARY_OF = {"httpx": "httpx", "requests": "requests", "grpc_client": "grpc", "grpc_aio_client": "grpc",
+               "asyncpg": "asyncpg"}
 
 _lock = threading.Lock()
 _instrumented = False
