@@ -27,21 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDERS = ("otel_first", "otel_cb_first")
 
 
-@pytest.fixture(scope="module")
-def scenario(postgres_dsn: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "tests.test_asyncpg_otel", postgres_dsn], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120,
+def run_scenario(dsn: str, first: str, unfirst: str, rounds: int) -> list[dict[str, Any]]:
+    result = subprocess.run([sys.executable, "-m", "tests.test_asyncpg_otel", dsn, first, unfirst, str(rounds)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OTEL_SDK_DISABLED": "false"})
     assert result.returncode == 0, result.stdout + result.stderr
-    seen: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    seen: list[dict[str, Any]] = json.loads(result.stdout.strip().splitlines()[-1])
     return seen
 
 
-@pytest.mark.parametrize("instrumented_first", ORDERS)
-@pytest.mark.parametrize("uninstrumented_first", ORDERS)
-def test_database_span_carries_the_breaker_in_any_order(scenario: dict[str, Any], instrumented_first: str,
-                                                        uninstrumented_first: str) -> None:
-    seen = scenario[f"{instrumented_first}/{uninstrumented_first}"]
+def check_round(seen: dict[str, Any], uninstrumented_first: str) -> None:
     assert seen["outcomes"] == ["ok", "timeout", "rejected"]
     healthy, timed_out, rejected = seen["spans"]
     # OpenTelemetry's span is the outer one whichever side patched first: it covers the breaker's decisions.
@@ -63,11 +58,42 @@ def test_database_span_carries_the_breaker_in_any_order(scenario: dict[str, Any]
     assert after_both == {"spans": 0, "protected": False}
 
 
+@pytest.mark.parametrize("instrumented_first", ORDERS)
+@pytest.mark.parametrize("uninstrumented_first", ORDERS)
+def test_database_span_carries_the_breaker_in_any_order(postgres_dsn: str, instrumented_first: str,
+                                                        uninstrumented_first: str) -> None:
+    (seen,) = run_scenario(postgres_dsn, instrumented_first, uninstrumented_first, 1)
+    check_round(seen, uninstrumented_first)
+
+
+LIFTED = ("OpenTelemetry's unwrap() lifts our inner layer to the top of the class attribute, where "
+          "otel_cb.uninstrument() does not find it: switched off, calls pass through, but the layer stays")
+
+
+@pytest.mark.parametrize("uninstrumented_first", [
+    pytest.param("otel_first", marks=pytest.mark.xfail(strict=True, reason=LIFTED)), "otel_cb_first"])
+@pytest.mark.parametrize("instrumented_first", ORDERS)
+def test_nothing_of_ours_is_left_on_asyncpg(postgres_dsn: str, instrumented_first: str,
+                                            uninstrumented_first: str) -> None:
+    (seen,) = run_scenario(postgres_dsn, instrumented_first, uninstrumented_first, 1)
+    assert seen["ours_left"] == [], seen["ours_left"]
+
+
+@pytest.mark.xfail(strict=True, reason=LIFTED + "; a second instrument() then leaves queries unprotected")
+def test_a_second_cycle_after_opentelemetry_unwrapped_first_protects_again(postgres_dsn: str) -> None:
+    for seen in run_scenario(postgres_dsn, "otel_first", "otel_first", 2):
+        check_round(seen, "otel_first")
+
+
 # -- the scenario, run in a fresh interpreter -------------------------------------------------
 
 
-def _main(dsn: str) -> None:  # pragma: no cover - runs in the subprocess
+def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no cover - runs in the subprocess
     import asyncpg
+    import asyncpg.connection
+    import asyncpg.cursor
+    import asyncpg.pool
+    import asyncpg.prepared_stmt
     from opentelemetry import trace
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.sdk.trace import TracerProvider
@@ -130,13 +156,28 @@ def _main(dsn: str) -> None:  # pragma: no cover - runs in the subprocess
                               "protected": sum(breaker.snapshot().calls.values()) > before})
         finally:
             conn.terminate()
-        return {"outcomes": outcomes, "spans": spans, "after_one": after[0], "after_both": after[1]}
+        return {"outcomes": outcomes, "spans": spans, "after_one": after[0], "after_both": after[1],
+                "ours_left": ours_left()}
 
-    async def every_order() -> dict[str, Any]:
-        return {f"{first}/{unfirst}": await run(first, unfirst) for first in ORDERS for unfirst in ORDERS}
+    def ours_left() -> list[str]:
+        # Every wrapt layer still on asyncpg's classes whose wrapper is otel-cb's.
+        left = []
+        for cls in (asyncpg.connection.Connection, asyncpg.prepared_stmt.PreparedStatement, asyncpg.cursor.Cursor,
+                    asyncpg.cursor.CursorIterator, asyncpg.pool.Pool):
+            for name, node in vars(cls).items():
+                for _ in range(8):
+                    if not hasattr(node, "_self_wrapper"):
+                        break
+                    if type(node._self_wrapper).__module__.startswith("otel_cb"):
+                        left.append(f"{cls.__name__}.{name}")
+                    node = node.__wrapped__
+        return left
 
-    print(json.dumps(asyncio.run(every_order())))
+    async def rounds(first: str, unfirst: str, count: int) -> list[dict[str, Any]]:
+        return [await run(first, unfirst) for _ in range(count)]
+
+    print(json.dumps(asyncio.run(rounds(first, unfirst, count))))
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
