@@ -34,19 +34,18 @@ from bisect import bisect_left as _bisect_left
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import _observers
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError
-from ._state import CircuitState, Reason, StateChangeEvent
+from ._state import CircuitState, FallbackOutcome, Reason, StateChangeEvent, Verdict
 from ._stats import DurationHistogram, HistogramData
 from ._window import CountWindow, TimeWindow, Window
 
-__all__ = ["BreakerSnapshot", "CircuitBreaker", "Permit", "Verdict", "SharedStateSync"]
+__all__ = ["BreakerSnapshot", "CircuitBreaker", "Permit", "SharedStateSync"]
 
 T = TypeVar("T")
-Verdict = Literal["success", "failure", "ignored", "none"]
 Clock = Callable[[], float]
 
 _CLOSED = CircuitState.CLOSED
@@ -116,7 +115,8 @@ class BreakerSnapshot:
         calls: Calls since the breaker was made, by outcome
             (``success``, ``failure``, ``ignored``, ``rejected``).
         slow_calls: Slow calls by outcome (``success``, ``failure``).
-        fallbacks: Fallbacks served, by outcome (``success``, ``failure``).
+        fallbacks: Fallbacks served, by outcome (``success``, ``failure``,
+            ``refused``: a fail-closed answer, served but not a substitute).
         durations: Call-duration histograms by outcome, when enabled (telemetry).
     """
 
@@ -155,7 +155,7 @@ class CircuitBreaker:
         "_open_timeout", "_reopenings", "_since", "_state_time", "_listeners",
         "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at", "_failed_result",
         "_n_success", "_n_failure", "_n_ignored", "_rejections",
-        "_n_slow_success", "_n_slow_failure", "_n_fallback_success", "_n_fallback_failure",
+        "_n_slow_success", "_n_slow_failure", "_fallbacks",
         "_histogram", "_stack", "_shared", "_orphans", "_caller", "_caller_async", "__weakref__",
     )
 
@@ -199,7 +199,7 @@ class CircuitBreaker:
         # atomic step for the interpreter.
         self._rejections = itertools.count()
         self._n_slow_success = self._n_slow_failure = 0
-        self._n_fallback_success = self._n_fallback_failure = 0
+        self._fallbacks = {"success": 0, "failure": 0, "refused": 0}
         self._histogram: DurationHistogram | None = None
         self._stack: contextvars.ContextVar[tuple[Permit, ...]] | None = None
         self._shared: SharedStateSync | None = None
@@ -301,7 +301,7 @@ class CircuitBreaker:
                 calls={"success": self._n_success, "failure": self._n_failure,
                        "ignored": self._n_ignored, "rejected": _count_of(self._rejections)},
                 slow_calls={"success": self._n_slow_success, "failure": self._n_slow_failure},
-                fallbacks={"success": self._n_fallback_success, "failure": self._n_fallback_failure},
+                fallbacks=dict(self._fallbacks),
                 durations=self._histogram.data() if self._histogram is not None else {},
             )
 
@@ -457,19 +457,20 @@ class CircuitBreaker:
         try:
             yield
         except Exception:
-            self._count_fallback(False)
+            self.count_fallback("failure")
             raise
-        self._count_fallback(True)
+        self.count_fallback("success")
 
-    def _count_fallback(self, succeeded: bool) -> None:
-        """Count one fallback served (or failed); integrations call this too."""
+    def count_fallback(self, outcome: FallbackOutcome) -> None:
+        """Count one fallback served: ``success``, ``failure`` (the fallback raised)
+        or ``refused`` (a fail-closed answer). Integrations that serve their own
+        fallbacks call this; ``call_with_fallback`` does it itself."""
+        if outcome not in self._fallbacks:
+            raise ValueError(f"outcome: {outcome!r} is not allowed; use 'success', 'failure' or 'refused'")
         with self._lock:
-            if succeeded:
-                self._n_fallback_success += 1
-            else:
-                self._n_fallback_failure += 1
+            self._fallbacks[outcome] += 1
         if _observers.observers:
-            _observers.notify("fallback_served", self, succeeded)
+            _observers.notify("fallback_served", self, outcome)
 
     @overload
     def __call__(self, fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]: ...
@@ -549,16 +550,16 @@ class CircuitBreaker:
             epoch = self._admit()
         return Permit(self, epoch, self._clock())
 
-    def classify(self, exc: BaseException) -> Verdict:
-        """How this breaker judges an exception: ``failure``, ``ignored`` or ``none``.
+    def classify(self, exc: BaseException) -> Verdict | None:
+        """How this breaker judges an exception: ``failure``, ``ignored`` or None.
 
-        ``none`` (no verdict) is for what is not an ``Exception`` at all:
+        None (no verdict) is for what is not an ``Exception`` at all:
         cancellation, ``GeneratorExit``, ``KeyboardInterrupt``, ``SystemExit``.
         An ``is_failure`` predicate that raises is logged once and the
         ``record_exceptions`` rule decides instead.
         """
         if not isinstance(exc, Exception):
-            return "none"
+            return None
         config = self._config
         if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
             return "ignored"
@@ -693,9 +694,9 @@ class CircuitBreaker:
         else:
             self._emit(event)  # type: ignore[arg-type]
 
-    def _record_exception(self, epoch: int, start: float, end: float, exc: BaseException) -> Verdict:
+    def _record_exception(self, epoch: int, start: float, end: float, exc: BaseException) -> Verdict | None:
         if self._config.call_timeout is not None and _is_call_timeout(exc):
-            verdict: Verdict = "failure"  # ours: a failure whatever the exception rules say
+            verdict: Verdict | None = "failure"  # ours: a failure whatever the exception rules say
         else:
             verdict = self.classify(exc)
         if verdict == "failure":
@@ -847,8 +848,20 @@ class CircuitBreaker:
         if _observers.observers:
             _observers.notify("state_changed", self, event)
 
-    def _apply_shared_state(self, state: CircuitState, open_remaining: float | None = None) -> None:
-        """Enter a state the fleet decided on (from ``otel_cb.shared``); a recorded transition."""
+    # -- seams for shared state and telemetry ----------------------------------
+
+    @property
+    def shared_state(self) -> SharedStateSync | None:
+        """The shared-state backend link attached to this breaker, if any."""
+        return self._shared
+
+    def attach_shared_state(self, sync: SharedStateSync | None) -> None:
+        """Attach a shared-state link (``otel_cb.shared`` does); None detaches."""
+        with self._lock:
+            self._shared = sync
+
+    def apply_shared_state(self, state: CircuitState, open_remaining: float | None = None) -> None:
+        """Enter a state the fleet decided on (from a shared-state backend); a recorded transition."""
         with self._lock:
             if state is self._state:
                 return
@@ -862,7 +875,7 @@ class CircuitBreaker:
                 event = self._transition(state, Reason.SHARED_STATE, now)
         self._emit(event)
 
-    def _enable_histogram(self) -> None:
+    def enable_duration_histogram(self) -> None:
         """Start keeping call durations per outcome (telemetry turns this on)."""
         with self._lock:
             if self._histogram is None:
@@ -928,16 +941,34 @@ class Permit:
         if self._claim():
             self.breaker._record_ignored(self._epoch, self._start, self.breaker._clock())
 
-    def record_exception(self, exc: BaseException) -> Verdict:
-        """Classify ``exc`` with the breaker's rules and record it; returns the verdict."""
+    def record_exception(self, exc: BaseException) -> Verdict | None:
+        """Classify ``exc`` with the breaker's rules and record it; returns the verdict
+        (None: no verdict, or the permit was already reported)."""
         if not self._claim():
-            return "none"
+            return None
         return self.breaker._record_exception(self._epoch, self._start, self.breaker._clock(), exc)
 
     def record_result(self, result: object) -> None:
         """Record a returned value, applying ``is_failure_result``."""
         if self._claim():
             self.breaker._record_result(self._epoch, self._start, self.breaker._clock(), result)
+
+    def record(self, verdict: Verdict | None, *, retry_after: float | None = None) -> None:
+        """Record a verdict reached elsewhere (a classifier, a hook); None releases.
+
+        ``retry_after`` applies to a failure, as in ``record_failure``.
+        """
+        if verdict == "failure":
+            self.record_failure(retry_after=retry_after)
+        elif verdict == "success":
+            self.record_success()
+        elif verdict == "ignored":
+            self.record_ignored()
+        elif verdict is None:
+            self.release()
+        else:
+            self.release()
+            raise ValueError(f"verdict: {verdict!r} is not allowed; use 'success', 'failure', 'ignored' or None")
 
     def release(self) -> None:
         """No verdict: hand a half-open probe slot back without judging the call."""

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["CircuitState", "Reason", "StateChangeEvent"]
+__all__ = ["CircuitState", "FallbackOutcome", "Reason", "StateChangeEvent", "Verdict"]
+
+Verdict = Literal["success", "failure", "ignored"]
+"""How one call's outcome counts: the one vocabulary of the core, the kit and the hooks.
+
+``ignored`` counts as neither success nor failure; "no verdict" (cancellation, a
+call abandoned) is ``None`` wherever a verdict is optional.
+"""
+
+FallbackOutcome = Literal["success", "failure", "refused"]
+"""How a served fallback ended: ``refused`` is a fail-closed answer (served, but
+not a successful substitute)."""
 
 
 class CircuitState(str, enum.Enum):

@@ -115,17 +115,17 @@ def test_database_failures_count(error: BaseException) -> None:
     ValueError("bad argument"),
 ])
 def test_client_caused_errors_are_ignored(error: BaseException) -> None:
-    assert FailureRules().verdict(error) == "ignore"
+    assert FailureRules().verdict(error) == "ignored"
 
 
 def test_settings_replace_and_override_the_default_sqlstates() -> None:
     rules = FailureRules.from_settings("db", {"failure_sqlstates": ["08", "40P01"], "ignore_sqlstates": ["08006"]})
     assert rules.verdict(exceptions.DeadlockDetectedError("deadlock")) == "failure"
     assert rules.verdict(exceptions.ConnectionDoesNotExistError("gone")) == "failure"
-    assert rules.verdict(exceptions.ConnectionFailureError("failed")) == "ignore"  # 08006 ignored
-    assert rules.verdict(exceptions.TooManyConnectionsError("x")) == "ignore"  # 53 no longer listed
+    assert rules.verdict(exceptions.ConnectionFailureError("failed")) == "ignored"  # 08006 ignored
+    assert rules.verdict(exceptions.TooManyConnectionsError("x")) == "ignored"  # 53 no longer listed
     no_timeouts = FailureRules.from_settings("db", {"ignore_sqlstates": ["57014"]})
-    assert no_timeouts.verdict(exceptions.QueryCanceledError("timeout")) == "ignore"
+    assert no_timeouts.verdict(exceptions.QueryCanceledError("timeout")) == "ignored"
     assert no_timeouts.verdict(exceptions.AdminShutdownError("shutdown")) == "failure"
 
 

@@ -134,7 +134,7 @@ def test_a_listener_may_use_the_breaker_it_listens_to(clock: FakeClock) -> None:
 
 def test_snapshot_reports_rates_counts_and_time_in_state(clock: FakeClock) -> None:
     cb = breaker(clock, failure_threshold=3, slow_call_duration=1.0, minimum_calls=100)
-    cb._enable_histogram()
+    cb.enable_duration_histogram()
 
     def slow() -> str:
         clock.advance(1.0)
@@ -150,7 +150,7 @@ def test_snapshot_reports_rates_counts_and_time_in_state(clock: FakeClock) -> No
     assert snap.failure_rate == 0.5 and snap.slow_call_rate == 0.25
     assert snap.calls == {"success": 2, "failure": 2, "ignored": 0, "rejected": 0}
     assert snap.slow_calls == {"success": 1, "failure": 0}
-    assert snap.fallbacks == {"success": 1, "failure": 0}
+    assert snap.fallbacks == {"success": 1, "failure": 0, "refused": 0}
     assert (snap.half_open_calls, snap.retry_after) == (0, None)
     assert snap.durations["success"].count == 2 and snap.durations["success"].sum == 1.0
     assert snap.durations["failure"].count == 2
@@ -403,14 +403,14 @@ def test_call_with_fallback_serves_failures_and_rejections(clock: FakeClock) -> 
     assert cb.state is OPEN
     assert cb.call_with_fallback(lambda: "never", fallback) == "cached"
     assert [type(e) for e in errors] == [Boom, Boom, CircuitOpenError]
-    assert cb.snapshot().fallbacks == {"success": 3, "failure": 0}
+    assert cb.snapshot().fallbacks == {"success": 3, "failure": 0, "refused": 0}
 
 
 def test_a_failing_fallback_is_counted_and_raises(clock: FakeClock) -> None:
     cb = breaker(clock)
     with pytest.raises(ZeroDivisionError):
         cb.call_with_fallback(_raise, lambda exc: 1 / 0, Boom())
-    assert cb.snapshot().fallbacks == {"success": 0, "failure": 1}
+    assert cb.snapshot().fallbacks == {"success": 0, "failure": 1, "refused": 0}
 
 
 @asyncio_test
@@ -434,7 +434,7 @@ async def test_call_with_fallback_async_takes_sync_and_async_fallbacks(clock: Fa
     assert await cb.call_with_fallback_async(work, lambda exc: "sync", Boom()) == "sync"
     assert cb.state is OPEN
     assert await cb.call_with_fallback_async(work, async_fallback, None) == "async CircuitOpenError"
-    assert cb.snapshot().fallbacks == {"success": 3, "failure": 0}
+    assert cb.snapshot().fallbacks == {"success": 3, "failure": 0, "refused": 0}
 
 
 # -- call_timeout -------------------------------------------------------------------

@@ -455,7 +455,7 @@ def test_a_permit_reports_once(clock: FakeClock) -> None:
     permit.record_success()
     permit.record_failure()
     permit.release()
-    assert permit.record_exception(Boom()) == "none"
+    assert permit.record_exception(Boom()) is None
     assert permit.done and cb.state is CLOSED
     assert cb.snapshot().calls["success"] == 1 and cb.snapshot().calls["failure"] == 0
 

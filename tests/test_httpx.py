@@ -226,7 +226,7 @@ def test_classify_hook_overrides_the_rules(server: FaultServer, clock: FakeClock
         def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> str | None:
             seen.append((call.target, type(result).__name__, type(exception).__name__))
             if isinstance(result, httpx.Response):
-                return {418: "failure", 500: "ignore"}.get(result.status_code)
+                return {418: "failure", 500: "ignored"}.get(result.status_code)
             return None
 
     breaker = CircuitBreaker("hooked", config(), clock=clock)
@@ -237,6 +237,23 @@ def test_classify_hook_overrides_the_rules(server: FaultServer, clock: FakeClock
         client.get(f"{server.url}/status/200")
     assert breaker.snapshot().calls == {"success": 1, "failure": 1, "ignored": 1, "rejected": 0}
     assert seen[0] == (f"http://127.0.0.1:{server.port}", "Response", "NoneType")
+
+
+def test_a_classify_hook_answering_outside_the_vocabulary_never_disables_protection(
+        server: FaultServer, clock: FakeClock) -> None:
+    class Broken:
+        @hookimpl
+        def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> object:
+            return ["failure"]  # unhashable, not a verdict: no answer
+
+    breaker = CircuitBreaker("unhashable", config(), clock=clock)
+    with activated(Broken(), breakers=(breaker,)), \
+            httpx.Client(transport=CircuitBreakerTransport(httpx.HTTPTransport(), breaker=breaker)) as client:
+        for _ in range(3):  # the status rule decides: three 500s open it
+            assert client.get(f"{server.url}/status/500").status_code == 500
+        with pytest.raises(HTTPCircuitOpenError):
+            client.get(f"{server.url}/status/200")
+    assert breaker.snapshot().calls["failure"] == 3
 
 
 def test_a_connection_error_is_a_failure_and_reaches_the_caller_unchanged(clock: FakeClock) -> None:

@@ -12,7 +12,7 @@ import pytest
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
 from otel_cb.integrations._http_policy import StaleCache
 from otel_cb.integrations.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport, HTTPCircuitOpenError
-from otel_cb.plugin import Call, hookimpl
+from otel_cb.plugin import Call, Refusal, hookimpl
 
 from .conftest import FakeClock
 from .http_server import FaultServer
@@ -55,7 +55,7 @@ def test_stale_cache_serves_the_last_good_get_while_open(server: FaultServer, cl
         # Another URL has no entry: the rejection propagates, counted as a failed fallback.
         with pytest.raises(HTTPCircuitOpenError):
             client.get(f"{server.url}/item?id=2")
-    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1}
+    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1, "refused": 0}
 
 
 def test_stale_cache_serves_a_failed_request_while_closed(clock: FakeClock) -> None:
@@ -140,7 +140,7 @@ def test_static_fallback_serves_any_method(server: FaultServer, clock: FakeClock
             assert response.headers["X-Otel-CB-Fallback"] == "static"
             assert response.headers["X-A"] == "b"
     assert server.requests == 0
-    assert cb.snapshot().fallbacks == {"success": 2, "failure": 0}
+    assert cb.snapshot().fallbacks == {"success": 2, "failure": 0, "refused": 0}
 
 
 def test_fallback_from_the_config_section(server: FaultServer, clock: FakeClock) -> None:
@@ -169,7 +169,7 @@ def test_fallback_hook_wins_and_sees_the_error(server: FaultServer, clock: FakeC
         with pytest.raises(HTTPCircuitOpenError):
             client.get(f"{server.url}/wrong-type")
     assert isinstance(errors[0], CircuitOpenError) and isinstance(errors[0], httpx.TransportError)
-    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1}
+    assert cb.snapshot().fallbacks == {"success": 1, "failure": 1, "refused": 0}
 
 
 def test_async_stale_cache(server: FaultServer, clock: FakeClock) -> None:
@@ -186,3 +186,17 @@ def test_async_stale_cache(server: FaultServer, clock: FakeClock) -> None:
 
     asyncio.run(main())
     assert server.requests == 1
+
+
+def test_a_refusal_from_the_hook_is_served_and_counted_refused(server: FaultServer, clock: FakeClock) -> None:
+    class FailClosed:
+        @hookimpl
+        def otel_cb_fallback(self, call: Call, error: BaseException) -> object | None:
+            return Refusal(httpx.Response(503, text="not checked"))
+
+    cb = breaker(clock)
+    with activated(FailClosed(), breakers=(cb,)), client_for(cb) as client:
+        cb.force_open()
+        served = client.get(server.url)
+        assert (served.status_code, served.text) == (503, "not checked")
+    assert cb.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 1}

@@ -269,5 +269,5 @@ def test_a_failing_shared_state_leaves_the_breaker_local(caplog: pytest.LogCaptu
     monkeypatch.setattr(otel_cb.shared, "from_config", broken)
     otel_cb.instrument({"circuit_breakers": {"payments": {"shared_state": {"backend": "redis", "url": "redis://127.0.0.1:9/0"}}}})
     breaker = otel_cb.registry.get("payments")
-    assert breaker is not None and breaker._shared is None
+    assert breaker is not None and breaker.shared_state is None
     assert "breaker 'payments': shared_state not attached, its state stays local" in caplog.text

@@ -53,7 +53,7 @@ def test_from_config_returns_one_backend_per_setting(made: list[RedisSharedState
      "shared_state.probe_lease: 0.0 is not allowed; use a duration above 0 and below 1h"),
     ({"backend": "redis", "url": URL, "flush_interval": -1}, "shared_state.flush_interval: -1.0 is not allowed"),
     ({"backend": "redis", "url": URL, "pool_size": 3},
-     "shared_state.pool_size: unknown field; allowed: backend, url, namespace, timeout"),
+     "shared_state.pool_size: unknown field (value 3); allowed fields: backend, flush_interval, namespace"),
     (["redis"], "shared_state: ['redis'] is not allowed; use a mapping"),
 ])
 def test_bad_sections_name_the_field_the_value_and_what_is_allowed(section: object, message: str) -> None:
@@ -85,16 +85,16 @@ def test_attach_contract(made: list[RedisSharedState]) -> None:
     breaker = CircuitBreaker("payments")
     assert not running_locally(breaker)  # no shared state: never "running locally"
     assert backend.attach(breaker) is breaker
-    assert breaker._shared is not None
+    assert breaker.shared_state is not None
     with pytest.raises(ValueError, match="already has shared state attached"):
         backend.attach(breaker)
     with pytest.raises(ValueError, match="another breaker named 'payments' is attached"):
         backend.attach(CircuitBreaker("payments"))
     backend.detach(breaker)
-    assert breaker._shared is None
+    assert breaker.shared_state is None
     backend.attach(breaker)
     backend.close()
-    assert breaker._shared is None  # closing hands every breaker back to its local state
+    assert breaker.shared_state is None  # closing hands every breaker back to its local state
     with pytest.raises(ValueError, match="is closed"):
         backend.attach(CircuitBreaker("search"))
 

@@ -150,7 +150,8 @@ def test_calls_slow_calls_and_fallbacks_count_by_outcome(otel: Otel, clock: Fake
         key(outcome="success"): 2, key(outcome="failure"): 3, key(outcome="ignored"): 1, key(outcome="rejected"): 3,
     }
     assert otel.points("circuit_breaker.slow_calls", name) == {key(outcome="success"): 1, key(outcome="failure"): 1}
-    assert otel.points("circuit_breaker.fallbacks", name) == {key(outcome="success"): 2, key(outcome="failure"): 1}
+    assert otel.points("circuit_breaker.fallbacks", name) == {key(outcome="success"): 2, key(outcome="failure"): 1,
+                                                             key(outcome="refused"): 0}
     metric = otel.metrics()["circuit_breaker.calls"]
     assert metric.data.is_monotonic
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..plugin import parse_items
 
 __all__ = [
     "DEFAULT_FAILURE_SQLSTATES",
@@ -26,7 +28,7 @@ __all__ = [
     "validate_settings",
 ]
 
-DbVerdict = Literal["failure", "ignore"]
+DbVerdict = Literal["failure", "ignored"]
 
 DEFAULT_FAILURE_SQLSTATES = ("08", "53", "57", "58", "XX")
 """SQLSTATE classes that are failures of the database by default.
@@ -45,14 +47,11 @@ _DEFAULT_PORT = 5432
 
 
 def _parse_sqlstates(where: str, value: object) -> frozenset[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{where}: {value!r} is not allowed; use {_SQLSTATES_ALLOWED}")
-    codes = set()
-    for item in value:
-        if not isinstance(item, str) or not _SQLSTATE.match(item.upper()):
-            raise ValueError(f"{where}: {item!r} is not allowed; use {_SQLSTATES_ALLOWED}")
-        codes.add(item.upper())
-    return frozenset(codes)
+    return parse_items(where, value, _sqlstate, _SQLSTATES_ALLOWED)
+
+
+def _sqlstate(item: object) -> tuple[str] | None:
+    return (item.upper(),) if isinstance(item, str) and _SQLSTATE.match(item.upper()) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +94,19 @@ class FailureRules:
         return cls(failure, ignore)
 
     def verdict(self, exc: BaseException) -> DbVerdict:
-        """``"failure"`` when ``exc`` says the database is in trouble, else ``"ignore"``."""
+        """``"failure"`` when ``exc`` says the database is in trouble, else ``"ignored"``."""
         sqlstate = getattr(exc, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate:
             klass = sqlstate[:2]
             if sqlstate in self.ignore_sqlstates or klass in self.ignore_sqlstates:
-                return "ignore"
+                return "ignored"
             if sqlstate in self.failure_sqlstates or klass in self.failure_sqlstates:
                 return "failure"
-            return "ignore"
+            return "ignored"
         # asyncio.TimeoutError is TimeoutError (an OSError) from Python 3.11 on.
         if isinstance(exc, (OSError, TimeoutError)) or type(exc).__name__ == "TimeoutError":
             return "failure"
-        return "ignore"
+        return "ignored"
 
 
 _DEFAULT_RULES = FailureRules()

@@ -84,7 +84,7 @@ def running_locally(breaker: CircuitBreaker) -> bool:
     Telemetry reads this; observers also get ``shared_state_changed(breaker,
     running_locally)`` whenever it flips.
     """
-    return bool(getattr(breaker._shared, "running_locally", False))
+    return bool(getattr(breaker.shared_state, "running_locally", False))
 
 
 class RedisSharedState:
@@ -186,7 +186,7 @@ class RedisSharedState:
         """
         if self._closed:
             raise ValueError(f"shared_state: {self.where} namespace {self.namespace!r} is closed")
-        if breaker._shared is not None:
+        if breaker.shared_state is not None:
             raise ValueError(f"breaker: {breaker.name!r} already has shared state attached")
         link = _Link(self, breaker)
         with self._links_lock:
@@ -197,7 +197,7 @@ class RedisSharedState:
             self._links[breaker.name] = link
             if not self._threads:
                 self._start()
-        breaker._shared = link
+        breaker.attach_shared_state(link)
         self._poll_requested = True
         self._wake.set()
         return breaker
@@ -208,8 +208,9 @@ class RedisSharedState:
             link = self._links.get(breaker.name)
             if link is not None and link.breaker() is breaker:
                 del self._links[breaker.name]
-        if isinstance(breaker._shared, _Link) and breaker._shared.backend is self:
-            breaker._shared = None
+        shared = breaker.shared_state
+        if isinstance(shared, _Link) and shared.backend is self:
+            breaker.attach_shared_state(None)
 
     @property
     def running_locally(self) -> bool:
@@ -625,9 +626,9 @@ class _Link:
                 return
             if state == "open":
                 if local is not _OPEN:
-                    breaker._apply_shared_state(_OPEN, max(0.0, (open_until - now) / 1000))
+                    breaker.apply_shared_state(_OPEN, max(0.0, (open_until - now) / 1000))
             elif state == "closed" and local in (_OPEN, _HALF_OPEN):
-                breaker._apply_shared_state(_CLOSED)
+                breaker.apply_shared_state(_CLOSED)
 
 
 # What a connection of an asyncio client says about where and who it connects as.

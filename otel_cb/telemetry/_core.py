@@ -106,13 +106,13 @@ class _Telemetry:
         """Start keeping call durations in every breaker (the duration export needs them)."""
         self.histogram_enabled = True
         for breaker in live_breakers():
-            breaker._enable_histogram()
+            breaker.enable_duration_histogram()
 
     # -- observer hooks (called by the core through _observers) ----------------
 
     def breaker_created(self, breaker: CircuitBreaker) -> None:
         if self.histogram_enabled:
-            breaker._enable_histogram()
+            breaker.enable_duration_histogram()
 
     def state_changed(self, breaker: CircuitBreaker, event: StateChangeEvent) -> None:
         key = (event.previous_state.value, event.state.value, event.reason.value)
@@ -152,12 +152,12 @@ class _Telemetry:
         span.set_attributes({ATTR_NAME: error.name, ATTR_STATE: error.state.value})
         span.set_status(StatusCode.ERROR, f"circuit breaker {error.name!r} is {error.state.value}: call rejected")
 
-    def fallback_served(self, breaker: CircuitBreaker, succeeded: bool) -> None:
+    def fallback_served(self, breaker: CircuitBreaker, outcome: str) -> None:
         span: Span = trace.get_current_span()
         if span.is_recording():
             span.add_event(
                 "circuit_breaker.fallback",
-                {ATTR_NAME: breaker.name, ATTR_OUTCOME: "success" if succeeded else "failure"},
+                {ATTR_NAME: breaker.name, ATTR_OUTCOME: outcome},
             )
 
     # -- observable instruments --------------------------------------------------
@@ -210,7 +210,7 @@ class _Telemetry:
             return []
         series: _Series = {}
         for breaker in live_breakers():
-            shared = breaker._shared
+            shared = breaker.shared_state
             if shared is not None:  # only breakers that share state have this series
                 _merge(series, ((ATTR_NAME, breaker.name),), float(bool(getattr(shared, "running_locally", False))),
                        False)
