@@ -180,19 +180,20 @@ class HealthMonitor:
     # -- what breakers call ---------------------------------------------------
 
     def watch(self, breaker: Monitored, interval: float) -> None:
-        """Check ``breaker`` every ``interval`` seconds (jittered) until it stops asking.
+        """Check ``breaker`` every ``interval`` seconds (jittered) until it stops
+        asking, starting the thread if need be.
 
         Idempotent: a breaker already watched keeps its schedule.
         """
-        key = id(breaker)
         with self._lock:
-            if self._stopping:
-                return
-            entry = self._entries.get(key)
-            if entry is None or entry.ref() is not breaker:
-                self._entries[key] = _Entry(weakref.ref(breaker), self._next_due(self._clock(), interval))
-            self._start_locked()
+            if self._add_locked(breaker, interval):
+                self._start_locked()
         self._poke()
+
+    def add(self, breaker: Monitored, interval: float) -> None:
+        """Put ``breaker`` on the schedule without starting the thread (tests drive ``due``)."""
+        with self._lock:
+            self._add_locked(breaker, interval)
 
     def watching(self, breaker: Monitored) -> bool:
         """True while ``breaker`` is on the schedule."""
@@ -239,6 +240,14 @@ class HealthMonitor:
         return thread is not None and thread.is_alive()
 
     # -- the schedule (pure; the thread below drives it) ------------------------
+
+    def _add_locked(self, breaker: Monitored, interval: float) -> bool:
+        if self._stopping:
+            return False
+        entry = self._entries.get(id(breaker))
+        if entry is None or entry.ref() is not breaker:
+            self._entries[id(breaker)] = _Entry(weakref.ref(breaker), self._next_due(self._clock(), interval))
+        return True
 
     def _next_due(self, now: float, interval: float) -> float:
         return now + interval * (1.0 + JITTER * (2.0 * self._rand() - 1.0))
