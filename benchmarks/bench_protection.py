@@ -327,7 +327,7 @@ def episode_figures(run: Run) -> Figures:
     lag = 0.0
     to_trip: list[float] = []
     untripped = 0
-    for k, (start, end) in enumerate(zip(starts, ends)):
+    for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
         following = starts[k + 1] if k + 1 < len(starts) else trace.calls
         let_through += sum(admitted[start:end])
         trip = next((t for t in run.trips if trace.episodes[k].start <= t < trace.episodes[k].end), None)
