@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._redact import shown
 from ._registry import registry
 
 if TYPE_CHECKING:
@@ -71,18 +72,23 @@ def instrument(
         config: A config file path, a mapping of plain data, or None to search
             (``OTEL_CB_CONFIG``, ``./otel-cb.yaml``, ``[tool.otel-cb]`` in
             ``./pyproject.toml``, else defaults).
-        disabled: Integration or plugin names to skip (None: ``OTEL_CB_DISABLED``).
+        disabled: Integration or plugin names to skip, as a list or a
+            comma-separated string (None: ``OTEL_CB_DISABLED``).
         plugins: Plugin objects (modules or instances with ``@hookimpl``
             methods) to register besides those found through entry points;
             they are called before them.
 
     Raises:
-        otel_cb.ConfigError: the config does not validate (nothing is changed).
+        otel_cb.ConfigError: the config does not validate, or an argument is
+            not of an allowed kind (nothing is changed).
     """
     from . import _settings
 
     settings = _settings.load(config)
-    skip = disabled_from_env() if disabled is None else frozenset(disabled)
+    skip = disabled_from_env() if disabled is None else _names(disabled)
+    if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+        raise _settings.ConfigError("<argument>", [_settings.Problem(
+            "plugins", f"{shown(plugins)} is not allowed; use a list of plugin modules or objects")])
     extra = tuple(plugins)
     with _lock:
         current = _current
@@ -91,6 +97,20 @@ def instrument(
                 return
             uninstrument()
         _install(settings, skip, extra)
+
+
+def _names(disabled: object) -> frozenset[str]:
+    """``disabled`` as names: a comma-separated string (as ``OTEL_CB_DISABLED``) or an iterable of strings."""
+    from . import _settings
+
+    if isinstance(disabled, str):
+        return frozenset(n.strip() for n in disabled.split(",") if n.strip())
+    if isinstance(disabled, Iterable) and not isinstance(disabled, (bytes, Mapping)):
+        names = list(disabled)
+        if all(isinstance(n, str) for n in names):
+            return frozenset(names)
+    raise _settings.ConfigError("<argument>", [_settings.Problem(
+        "disabled", f"{shown(disabled)} is not allowed; use a list of integration or plugin names")])
 
 
 def _install(settings: Settings, disabled: frozenset[str], extra: tuple[object, ...]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .plugin import Patch
+from ._call import Patch
 
 __all__ = ["apply", "applied", "remove_all"]
 

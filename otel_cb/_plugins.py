@@ -6,7 +6,9 @@ or to register is logged once with its name and skipped), and calls hooks so
 that a raising implementation is logged once and treated as if it returned
 None. It also holds the runtime helpers that integrations call on every
 outgoing call (``select_breaker``, ``classify``, ``fallback``,
-``breaker_settings``), re-exported by :mod:`otel_cb.plugin`.
+``breaker_settings``), ``log_once``, and ``config_keys``, the breaker-section
+keys plugins declare through ``otel_cb_config_keys``; the public ones are
+re-exported by :mod:`otel_cb.plugin`.
 
 Hooks are called by this module's own loop rather than by pluggy's, so each
 implementation is contained on its own; pluggy still orders implementations
@@ -19,22 +21,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from . import hookspecs
+from ._markers import PROJECT, hookimpl
 
 if TYPE_CHECKING:
     import pluggy
 
     from ._breaker import CircuitBreaker
+    from ._call import Call, SectionValidator
     from ._config import CircuitBreakerConfig
     from ._registry import CircuitBreakerRegistry
-    from ._state import StateChangeEvent
-    from .plugin import Call, Verdict
+    from ._state import StateChangeEvent, Verdict
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "Active",
     "PluginInfo",
     "activate",
@@ -42,10 +46,12 @@ __all__ = [
     "breaker_settings",
     "call_hook",
     "classify",
+    "config_keys",
     "deactivate",
     "discover",
     "fallback",
     "format_plugins",
+    "log_once",
     "new_manager",
     "register",
     "select_breaker",
@@ -53,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger("otel_cb")
 
-ENTRY_POINT_GROUP = "otel_cb"
 _VERDICTS = frozenset({"success", "failure", "ignored"})
 # Routing is memoised per (kind, target, service, method); destinations are
 # capped by the router, but a plugin could route unboundedly many keys, so the
@@ -61,18 +66,28 @@ _VERDICTS = frozenset({"success", "failure", "ignored"})
 _MAX_ROUTES = 10_000
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-_logged: set[tuple[str, str]] = set()
+_MAX_LOGGED = 10_000
+_logged: set[Hashable] = set()
 _logged_lock = threading.Lock()
 
 
-def _log_once(key: tuple[str, str], message: str, *args: object, exc_info: bool = False) -> None:
-    """Log at WARNING the first time for ``key``, then at DEBUG, so a broken plugin cannot flood logs.
+def log_once(key: Hashable, message: str, *args: object, exc_info: bool = False) -> None:
+    """Log on the ``otel_cb`` logger at WARNING the first time for ``key``, then at DEBUG.
 
-    Shared with the integrations (httpx, grpc, asyncpg), which contain their own faults the same way.
+    How a plugin or an integration reports a fault it contains (a hook that
+    raised, a span it could not annotate) without flooding the host's logs.
+
+    Args:
+        key: What makes two faults the same, e.g. ``("myclient", "annotate")``;
+            keep it bounded (never a URL or a per-call value).
+        message: A ``%``-style message, as for ``logging``.
+        *args: Its arguments.
+        exc_info: Attach the current exception's traceback.
     """
     with _logged_lock:
         first = key not in _logged
-        _logged.add(key)
+        if first and len(_logged) < _MAX_LOGGED:
+            _logged.add(key)
     logger.log(logging.WARNING if first else logging.DEBUG, message, *args, exc_info=exc_info)
 
 
@@ -112,7 +127,7 @@ def _entry_points() -> list[Any]:
     unique = []
     # The same distribution can be visible twice on sys.path (e.g. an editable
     # install plus a build directory); one plugin must still load once.
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=PROJECT):
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             unique.append(ep)
@@ -124,13 +139,16 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def discover(manager: pluggy.PluginManager | None, disabled: Iterable[str] = ()) -> list[PluginInfo]:
+def discover(manager: pluggy.PluginManager | None, disabled: Iterable[str] = (), *,
+             quiet: bool = False) -> list[PluginInfo]:
     """Find every plugin of the ``otel_cb`` entry-point group; load and register the enabled ones.
 
     Args:
         manager: The manager to register loaded plugins with (None: only load,
             as ``otel-cb plugins`` does to report what would happen).
         disabled: Entry-point names to skip.
+        quiet: Log a plugin that fails at DEBUG only (``config_keys`` loads
+            every plugin, disabled ones too; the instrumentation reports them).
 
     Returns:
         One :class:`PluginInfo` per entry point, in name order. A plugin that
@@ -148,28 +166,35 @@ def discover(manager: pluggy.PluginManager | None, disabled: Iterable[str] = ())
         try:
             plugin = ep.load()
         except Exception as exc:
-            _log_once(("plugin", ep.name), "otel-cb: plugin %r (%s) failed to import, skipped: %s",
-                      ep.name, ep.value, _describe(exc))
+            _report(("plugin", ep.name), quiet, "otel-cb: plugin %r (%s) failed to import, skipped: %s",
+                    ep.name, ep.value, _describe(exc))
             infos.append(PluginInfo(ep.name, ep.value, dist_name, version, f"failed: {_describe(exc)}"))
             continue
         status = "loaded"
         if manager is not None:
-            status = register(manager, plugin, ep.name)
+            status = register(manager, plugin, ep.name, quiet=quiet)
         else:
             status = _check(plugin, ep.name)
         infos.append(PluginInfo(ep.name, ep.value, dist_name, version, status, plugin if status == "loaded" else None))
     return infos
 
 
-def register(manager: pluggy.PluginManager, plugin: object, name: str) -> str:
-    """Register ``plugin``; return ``"loaded"``, or ``"failed: <why>"`` after logging it once."""
+def _report(key: Hashable, quiet: bool, message: str, *args: object) -> None:
+    if quiet:
+        logger.debug(message, *args)
+    else:
+        log_once(key, message, *args)
+
+
+def register(manager: pluggy.PluginManager, plugin: object, name: str, *, quiet: bool = False) -> str:
+    """Register ``plugin``; return ``"loaded"``, or ``"failed: <why>"`` after logging it once (DEBUG if ``quiet``)."""
     try:
         if manager.is_registered(plugin):
             # One module under two entry-point names: pluggy would refuse it.
             return f"failed: already registered as {manager.get_name(plugin)!r}"
         manager.register(plugin, name=name)
     except Exception as exc:
-        _log_once(("plugin", name), "otel-cb: plugin %r has invalid hooks, skipped: %s", name, _describe(exc))
+        _report(("plugin", name), quiet, "otel-cb: plugin %r has invalid hooks, skipped: %s", name, _describe(exc))
         return f"failed: {_describe(exc)}"
     return "loaded"
 
@@ -183,9 +208,6 @@ def new_manager() -> pluggy.PluginManager:
     """Return a pluggy manager of project ``otel_cb`` that knows the hook specs."""
     import pluggy
 
-    from . import hookspecs
-    from .plugin import PROJECT
-
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
     return manager
@@ -196,7 +218,7 @@ def format_plugins(infos: Iterable[PluginInfo]) -> str:
     rows = [("NAME", "DISTRIBUTION", "VERSION", "STATUS")]
     rows += [(i.name, i.distribution or "-", i.version or "-", i.status) for i in infos]
     if len(rows) == 1:
-        return f"no plugins found in entry-point group {ENTRY_POINT_GROUP!r}"
+        return f"no plugins found in entry-point group {PROJECT!r}"
     widths = [max(len(row[col]) for row in rows) for col in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
@@ -220,28 +242,53 @@ def _impls(manager: pluggy.PluginManager, hook_name: str) -> tuple[_Impl, ...]:
     # pluggy calls the last registered / tryfirst implementation first.
     for impl in reversed(caller.get_hookimpls()):
         if impl.wrapper or impl.hookwrapper:
-            _log_once(("wrapper", impl.plugin_name), "otel-cb: plugin %r: hook wrappers are not supported; "
+            log_once(("wrapper", impl.plugin_name), "otel-cb: plugin %r: hook wrappers are not supported; "
                       "%s wrapper skipped", impl.plugin_name, hook_name)
             continue
         impls.append(_Impl(impl.plugin_name, impl.function, tuple(impl.argnames)))
     return tuple(impls)
 
 
-def _run(impls: tuple[_Impl, ...], hook_name: str, kwargs: Mapping[str, Any], firstresult: bool) -> Any:
+def _run(impls: tuple[_Impl, ...], hook_name: str, kwargs: Mapping[str, Any], firstresult: bool,
+         accept: Callable[[object], bool] | None = None, allowed: str = "") -> Any:
+    """Call each implementation, contained; with ``accept``, a result it refuses counts as no answer."""
     results = []
     for impl in impls:
         try:
             result = impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as exc:
-            _log_once((impl.plugin_name, hook_name), "otel-cb: plugin %r raised in %s, ignored: %s",
-                      impl.plugin_name, hook_name, _describe(exc))
+            log_once((impl.plugin_name, hook_name), "otel-cb: plugin %r raised in %s, ignored: %s",
+                     impl.plugin_name, hook_name, _describe(exc))
             logger.debug("otel-cb: plugin %r raised in %s", impl.plugin_name, hook_name, exc_info=True)
+            continue
+        if result is not None and accept is not None and not _accepted(accept, result):
+            log_once((impl.plugin_name, hook_name, "answer"), "otel-cb: plugin %r: %s returned %s; allowed: %s; "
+                     "counted as no answer", impl.plugin_name, hook_name, _shown(result), allowed)
             continue
         if result is not None:
             if firstresult:
                 return result
             results.append((impl.plugin_name, result))
     return None if firstresult else results
+
+
+def _accepted(accept: Callable[[object], bool], result: object) -> bool:
+    try:
+        return accept(result)
+    except Exception:  # e.g. an unhashable answer tested for membership
+        return False
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_verdict(value: object) -> bool:
+    return isinstance(value, str) and value in _VERDICTS
 
 
 def call_hook(manager: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
@@ -354,7 +401,7 @@ def select_breaker(call: Call) -> CircuitBreaker | None:
         if isinstance(name, str) and name:
             found = _breaker_named(state, name)
         else:
-            _log_once(("select", repr(type(name))), "otel-cb: otel_cb_select_breaker returned %r, not a "
+            log_once(("select", repr(type(name))), "otel-cb: otel_cb_select_breaker returned %r, not a "
                       "breaker name; call not protected", type(name).__name__)
     if len(routes) >= _MAX_ROUTES:
         routes.clear()
@@ -376,7 +423,7 @@ def _breaker_named(state: Active, name: str) -> CircuitBreaker | None:
         # name is not allowed: the first is fine, the second is logged.
         existing = state.registry.get(name)
         if existing is None:
-            _log_once(("name", name[:50]), "otel-cb: cannot create a breaker named %r; call not protected",
+            log_once(("name", name[:50]), "otel-cb: cannot create a breaker named %r; call not protected",
                       name[:50])
         return existing
     state.created.append(name)
@@ -391,18 +438,17 @@ def classify(call: Call, result: object, exception: BaseException | None) -> Ver
     Returns:
         ``"success"``, ``"failure"`` or ``"ignored"``; None when no plugin has
         an opinion (the integration's own rules decide) or while not
-        instrumented.
+        instrumented. An answer outside that vocabulary is logged once with
+        the plugin's name and counts as no answer.
     """
     state = _active
     if state is None or not state._classify:
         return None
-    verdict = _run(state._classify, "otel_cb_classify", {"call": call, "result": result, "exception": exception},
-                   True)
-    if verdict is None or verdict in _VERDICTS:
-        return verdict  # type: ignore[no-any-return]
-    _log_once(("classify", "verdict"), "otel-cb: otel_cb_classify returned %r; allowed: 'success', 'failure', "
-              "'ignore' or None; ignored", verdict)
-    return None
+    # A wrong answer (["failure"], "ignore", 1...) is no answer: the next hook or the integration decides,
+    # so one broken plugin can never stop a breaker from counting.
+    return _run(state._classify, "otel_cb_classify",  # type: ignore[no-any-return]
+                {"call": call, "result": result, "exception": exception}, True,
+                accept=_is_verdict, allowed="'success', 'failure', 'ignored' or None")
 
 
 def fallback(call: Call, error: BaseException) -> object | None:
@@ -430,3 +476,45 @@ def breaker_settings(name: str) -> Mapping[str, Any]:
     if state is None:
         return _EMPTY
     return state.sections.get(name, state.default_section)
+
+
+# -- config keys declared by plugins ------------------------------------------------
+
+
+class _SharedStateKeys:
+    """The built-in declaration of ``shared_state``, which the instrumentation itself applies."""
+
+    @hookimpl
+    def otel_cb_config_keys(self) -> Mapping[str, SectionValidator]:
+        from .shared import validate_settings
+
+        return {"shared_state": validate_settings}
+
+
+def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
+    """The breaker-section keys every installed plugin declares, with their validators.
+
+    Loads every plugin of the entry-point group, disabled ones too (a
+    config stays valid whichever integrations are disabled; a plugin that
+    fails to load is only logged at DEBUG here, the instrumentation reports
+    it) and asks each for ``otel_cb_config_keys``. A validator never needs
+    its client library, so this works where it is not installed.
+    ``shared_state`` is declared by otel-cb itself. An answer that is not a mapping of key to callable is logged once
+    and skipped.
+
+    Returns:
+        Per key, ``(plugin_name, validate)`` of each plugin that declared it.
+    """
+    manager = new_manager()
+    register(manager, _SharedStateKeys(), "otel_cb.shared_state")
+    discover(manager, quiet=True)
+    keys: dict[str, list[tuple[str, SectionValidator]]] = {}
+    for plugin_name, declared in call_hook(manager, "otel_cb_config_keys"):
+        if not isinstance(declared, Mapping) or not all(
+                isinstance(key, str) and callable(check) for key, check in declared.items()):
+            log_once((plugin_name, "otel_cb_config_keys"), "otel-cb: plugin %r answered otel_cb_config_keys with "
+                     "%s, not a mapping of key to validator; its keys are unknown", plugin_name, _shown(declared))
+            continue
+        for key, check in declared.items():
+            keys.setdefault(key, []).append((plugin_name, check))
+    return keys

@@ -24,11 +24,11 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
-from .plugin import hookimpl
+from ._markers import hookimpl
 
 if TYPE_CHECKING:
+    from ._call import Call
     from ._settings import Settings
-    from .plugin import Call
 
 __all__ = ["OVERFLOW_BREAKER", "Router", "destination_name"]
 

@@ -11,12 +11,18 @@ Sources, first match wins: an explicit path or mapping; the file named by
     plugins: {my_plugin: {...}}      # free-form, read by plugins in otel_cb_configure
 
 Every breaker section is laid over ``defaults``; the core fields are checked
-by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and the
-integration keys (``failure_statuses``, ``fallback``, ``failure_codes``,
-``shared_state``) by each integration's ``validate_settings(name, section)``
-when that integration is importable. Every problem is reported with its
-location (file, line for YAML, and the key path); validation collects all of
-them rather than stopping at the first.
+by ``CircuitBreakerConfig.from_dict``, ``match:`` rules here, and every other
+key by the plugin that declares it through ``otel_cb_config_keys`` (this
+module names no integration; a key no plugin declares is unknown). Every
+problem is reported with its location (file, line for YAML, and the key
+path); validation collects all of them rather than stopping at the first (the
+collector, ``Problems`` and the "did you mean" suggestions live in
+``_problems``; value masking in ``_redact``).
+
+Reading is bounded (``MAX_FILE_BYTES``, ``MAX_DEPTH``, ``MAX_VALUES`` with YAML
+aliases expanded, ``MAX_BREAKERS``), and YAML is parsed once, with libyaml
+when installed, so hostile input gets one error quickly. ``load(...,
+import_modules=False)`` checks without importing any module a config names.
 
 Routing (what ``match:`` means for a call) lives in ``_routing``; this module
 only normalises the patterns.
@@ -28,18 +34,24 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._config import CircuitBreakerConfig
+from ._config import MAX_COUNT, CircuitBreakerConfig, config_from_dict
+from ._problems import Collector as _Collector
+from ._problems import Problem, unknown_key
+from ._redact import shown
 
 __all__ = [
     "BreakerSection",
     "ConfigError",
-    "INTEGRATION_KEYS",
+    "MAX_BREAKERS",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_VALUES",
     "Problem",
     "Settings",
     "find_source",
@@ -53,26 +65,10 @@ CONFIG_ENV = "OTEL_CB_CONFIG"
 DEFAULT_FILE = "otel-cb.yaml"
 PYPROJECT_TABLE = "otel-cb"
 KINDS = ("http", "grpc", "db")
-INTEGRATION_KEYS = frozenset({"failure_statuses", "fallback", "failure_codes", "shared_state",
-                              "failure_sqlstates", "ignore_sqlstates"})
-# Integrations that validate their own keys; imported only when a section uses one.
-_VALIDATORS = ("otel_cb.integrations.httpx", "otel_cb.integrations.grpc", "otel_cb.integrations.asyncpg",
-               "otel_cb.shared")
 _TOP_LEVEL = ("circuit_breakers", "auto_breakers", "plugins")
 _CORE_KEYS = frozenset(f for f in CircuitBreakerConfig.__dataclass_fields__) | {"preset"}
-_SECTION_KEYS = _CORE_KEYS | INTEGRATION_KEYS | {"match"}
+_SECTION_KEYS = _CORE_KEYS | {"match"}
 _DEFAULT_AUTO_MAX = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One validation error: where it is and what is wrong (naming value and what is allowed)."""
-
-    location: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.location}: {self.message}"
 
 
 class ConfigError(ValueError):
@@ -128,8 +124,24 @@ class Settings:
 # -- finding and reading ----------------------------------------------------------
 
 
-def find_source(config: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Path | None:
+MAX_FILE_BYTES = 128 * 1024
+"""A config file larger than this (128 KiB) is refused unread: reading one that size takes well under a second."""
+MAX_DEPTH = 50
+"""Deepest nesting of mappings and lists a config may have."""
+MAX_VALUES = 50_000
+"""Most values (keys, scalars, collections) a config may hold, counted after YAML aliases are expanded."""
+MAX_BREAKERS = 2_000
+"""Most named sections ``circuit_breakers:`` may hold."""
+
+
+def find_source(config: str | os.PathLike[str] | None = None, *, cwd: Path | None = None,
+                label: str = "config") -> Path | None:
     """Return the file to read for ``config`` (None: no file, use defaults).
+
+    Args:
+        config: The path given, or None to search.
+        cwd: Directory to search and resolve relative paths in.
+        label: What the path was given as, for the error (``"config"``, ``"--config"``).
 
     Raises:
         ConfigError: if an explicitly named file (argument or ``OTEL_CB_CONFIG``) does not exist.
@@ -146,12 +158,16 @@ def find_source(config: str | os.PathLike[str] | None = None, *, cwd: Path | Non
         if pyproject.is_file() and _pyproject_has_table(pyproject):
             return pyproject
         return None
-    return _existing(base / Path(config), "config")
+    return _existing(base / Path(config), label)
 
 
 def _existing(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise ConfigError(str(path), [Problem(what, f"{str(path)!r} is not a readable file")])
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, NUL byte)
+        found = False
+    if not found:
+        raise ConfigError(str(path), [Problem(what, f"{shown(str(path))} is not a readable file")])
     return path
 
 
@@ -159,13 +175,16 @@ def _pyproject_has_table(path: Path) -> bool:
     # A cheap check first: most pyproject.toml files have no otel-cb table, and
     # parsing TOML at every start-up would cost more than reading the bytes.
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return False
         text = path.read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return False
     return f"[tool.{PYPROJECT_TABLE}" in text or f'"{PYPROJECT_TABLE}"' in text
 
 
-def load(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, cwd: Path | None = None) -> Settings:
+def load(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, cwd: Path | None = None,
+         import_modules: bool = True, label: str = "config") -> Settings:
     """Find, read and validate the configuration.
 
     Args:
@@ -173,23 +192,35 @@ def load(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, cw
             ``[tool.otel-cb]``), a mapping of plain data, or None to search
             (``OTEL_CB_CONFIG``, ``./otel-cb.yaml``, ``./pyproject.toml``, defaults).
         cwd: Directory to search and resolve relative paths in (default: the current one).
+        import_modules: False to check without importing any module an
+            exception name refers to (``otel-cb config check``); the result is
+            then fit for checking only.
+        label: What ``config`` was given as, for a missing file's error.
 
     Raises:
         ConfigError: listing every problem with its location.
     """
     if isinstance(config, Mapping):
-        return validate(config, source="<mapping>")
-    path = find_source(config, cwd=cwd)
+        return validate(config, source="<mapping>", import_modules=import_modules)
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        raise ConfigError("<argument>", [Problem(label, f"{shown(config)} is not allowed; use a file path, a "
+                                                       "mapping of settings or None")])
+    path = find_source(config, cwd=cwd, label=label)
     if path is None:
         return Settings(source="defaults")
     data, lines = _read(path)
-    return validate(data, source=str(path), lines=lines)
+    return validate(data, source=str(path), lines=lines, import_modules=import_modules)
 
 
 def _read(path: Path) -> tuple[Any, Mapping[tuple[str, ...], int]]:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(source, [Problem(source, f"larger than {MAX_FILE_BYTES // 1024} KiB, the limit of a "
+                                                       "config file")])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem(source, f"cannot read: {exc}")]) from None
     if path.suffix == ".toml":
@@ -204,130 +235,190 @@ def _read_toml(source: str, text: str, pyproject: bool) -> Any:
         import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [Problem(source, f"not valid TOML: {exc}")]) from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(source, [Problem(source, f"not valid TOML: {_parse_error(exc)}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [Problem(source, f"nested more than {MAX_DEPTH} levels deep")]) from None
     if pyproject or "tool" in data:
-        return data.get("tool", {}).get(PYPROJECT_TABLE, {})
+        table = data.get("tool", {})
+        return table.get(PYPROJECT_TABLE, {}) if isinstance(table, Mapping) else {}
     return data
 
 
 def _read_yaml(source: str, text: str) -> tuple[Any, Mapping[tuple[str, ...], int]]:
+    """Parse once, with libyaml (PyYAML's C loader) when present: it also refuses nesting beyond 1000 levels."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        lines: dict[tuple[str, ...], int] = {}
+        if node is None:
+            return {}, lines
+        _collect_lines(node, (), lines, [0])
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = str(getattr(exc, "problem", None) or exc).strip()
         raise ConfigError(source, [Problem(where, f"not valid YAML: {problem}")]) from None
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _collect_lines(node, (), lines)
+    except RecursionError:
+        # The pure-Python composer recurses per level; libyaml stops at 1000 levels by itself.
+        raise ConfigError(source, [Problem(source, f"nested more than {MAX_DEPTH} levels deep; that is the "
+                                                   "limit")]) from None
+    except (ValueError, OverflowError) as exc:
+        # int() of a number with thousands of digits, a malformed timestamp, ...
+        raise ConfigError(source, [Problem(source, f"not valid YAML: {_parse_error(exc)}")]) from None
+    finally:
+        loader.dispose()
     return ({} if data is None else data), lines
 
 
-def _collect_lines(node: Any, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
+def _parse_error(exc: Exception) -> str:
+    text = str(exc)
+    if "integer string conversion" in text:
+        return "a number of thousands of digits; no setting takes one"
+    return text[:200]
+
+
+def _collect_lines(node: Any, path: tuple[str, ...], lines: dict[tuple[str, ...], int], seen: list[int]) -> None:
     import yaml
 
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.MappingNode) and len(path) < MAX_DEPTH:
         for key, value in node.value:
-            child = (*path, str(key.value))
-            lines[child] = key.start_mark.line + 1
-            _collect_lines(value, child, lines)
+            seen[0] += 1
+            if seen[0] > MAX_VALUES:
+                return  # aliases expanding without end: the size check reports it, its lines do not matter
+            child = (*path, str(key.value)[:200])
+            lines.setdefault(child, key.start_mark.line + 1)
+            _collect_lines(value, child, lines, seen)
+
+
+def _shape_problem(data: object) -> str | None:
+    """Why ``data`` is too deep, too large (aliases expanded) or circular; None when it is fine."""
+    def children(value: object) -> list[object] | None:
+        if isinstance(value, Mapping):
+            return [*value.keys(), *value.values()]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return list(value)
+        return None
+
+    top = children(data)
+    if top is None:
+        return None
+    sizes: dict[int, int] = {}
+    active = {id(data)}
+    stack: list[list[Any]] = [[data, iter(top), 1]]  # [value, its children, size so far]
+    end = object()
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], end)
+        if child is end:
+            stack.pop()
+            active.discard(id(frame[0]))
+            sizes[id(frame[0])] = frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+                if stack[-1][2] > MAX_VALUES:
+                    break
+            continue
+        kids = children(child)
+        if kids is None:
+            frame[2] += 1
+        elif id(child) in active:
+            return "a value contains itself (a recursive alias or reference); not allowed"
+        elif id(child) in sizes:
+            frame[2] += sizes[id(child)]
+        elif len(stack) >= MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep; that is the limit"
+        else:
+            active.add(id(child))
+            stack.append([child, iter(kids), 1])
+            continue
+        if frame[2] > MAX_VALUES:
+            break
+    if stack or sizes.get(id(data), 0) > MAX_VALUES:
+        return f"holds more than {MAX_VALUES:,} values once aliases are expanded; that is the limit"
+    return None
 
 
 # -- validation -------------------------------------------------------------------
 
 
-class _Collector:
-    def __init__(self, source: str, lines: Mapping[tuple[str, ...], int]) -> None:
-        self.source = source
-        self.lines = lines
-        self.problems: list[Problem] = []
-        self.order: list[int] = []
-
-    def add(self, path: tuple[str, ...], message: str) -> None:
-        line: int | None = None
-        for depth in range(len(path), 0, -1):
-            line = self.lines.get(path[:depth])
-            if line is not None:
-                break
-        where = f"{self.source}:{line}" if line is not None else self.source
-        key = ".".join(path)
-        self.problems.append(Problem(f"{where}: {key}" if key else where, message))
-        self.order.append(line or 0)
-
-    def add_error(self, path: tuple[str, ...], error: ValueError, fields: frozenset[str]) -> None:
-        """Add a validator's error; its message starts with the field (``"open_timeout: ..."``), so point there."""
-        message = str(error)
-        head, sep, rest = message.partition(": ")
-        keys = tuple(head.split("."))
-        if sep and keys[0] in fields:
-            self.add((*path, *keys), rest)
-        else:
-            self.add(path, message)
-
-    def sorted(self) -> list[Problem]:
-        """The problems in file order (the order a reader fixes them in)."""
-        return [p for _, p in sorted(zip(self.order, self.problems, strict=True), key=lambda item: item[0])]
-
-
-def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] | None = None) -> Settings:
+def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] | None = None,
+             import_modules: bool = True) -> Settings:
     """Validate plain data as read from a file.
+
+    Args:
+        data: The whole config.
+        source: Where it came from, for messages.
+        lines: Line of each key path, for messages.
+        import_modules: As ``load``.
 
     Raises:
         ConfigError: listing every problem with its location.
     """
     problems = _Collector(source, lines or {})
+    from . import _plugins
+
+    plugin_keys = _plugins.config_keys()
     if not isinstance(data, Mapping):
-        problems.add((), f"{data!r} is not allowed; the config must be a mapping with keys {', '.join(_TOP_LEVEL)}")
+        problems.add((), f"{shown(data)} is not allowed; the config must be a mapping with keys "
+                     f"{', '.join(_TOP_LEVEL)}")
+        raise ConfigError(source, problems.problems)
+    shape = _shape_problem(data)
+    if shape is not None:
+        problems.add((), shape)
         raise ConfigError(source, problems.problems)
     for key in data:
         if key not in _TOP_LEVEL:
-            problems.add((str(key),), f"unknown key (value {_short(data[key])}); allowed: {', '.join(_TOP_LEVEL)}")
+            problems.add((_key(key),), unknown_key(key, data[key], _TOP_LEVEL))
     plugins = data.get("plugins", {})
     if not isinstance(plugins, Mapping):
-        problems.add(("plugins",), f"{_short(plugins)} is not allowed; use a mapping of plugin name to settings")
+        problems.add(("plugins",), f"{shown(plugins)} is not allowed; use a mapping of plugin name to settings")
     auto_enabled, auto_max = _auto(data.get("auto_breakers", {}), problems)
     breakers = data.get("circuit_breakers", {})
     if breakers is None:
         breakers = {}
     if not isinstance(breakers, Mapping):
-        problems.add(("circuit_breakers",), f"{_short(breakers)} is not allowed; use a mapping of breaker name "
+        problems.add(("circuit_breakers",), f"{shown(breakers)} is not allowed; use a mapping of breaker name "
                      "to settings")
+        breakers = {}
+    if len(breakers) > MAX_BREAKERS:
+        problems.add(("circuit_breakers",), f"{len(breakers):,} sections; at most {MAX_BREAKERS:,} are allowed "
+                     "(auto_breakers covers the rest)")
         breakers = {}
     default_raw = breakers.get("defaults") or {}
     defaults = CircuitBreakerConfig()
     if not isinstance(default_raw, Mapping):
-        problems.add(("circuit_breakers", "defaults"), f"{_short(default_raw)} is not allowed; use a mapping of "
+        problems.add(("circuit_breakers", "defaults"), f"{shown(default_raw)} is not allowed; use a mapping of "
                      "settings")
         default_raw = {}
     elif "match" in default_raw:
         problems.add(("circuit_breakers", "defaults", "match"), "not allowed in defaults; put match rules in a "
                      "named breaker section")
     else:
-        defaults = _section_config(("circuit_breakers", "defaults"), default_raw, problems) or defaults
-        _integration_keys("defaults", ("circuit_breakers", "defaults"), default_raw, problems)
+        defaults = _section_config(("circuit_breakers", "defaults"), default_raw, problems, plugin_keys,
+                                   import_modules) or defaults
+        _plugin_settings("defaults", ("circuit_breakers", "defaults"), default_raw, problems, plugin_keys)
     sections = []
     for name, raw in breakers.items():
         if name == "defaults":
             continue
-        path = ("circuit_breakers", str(name))
+        path = ("circuit_breakers", _key(name))
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            problems.add(path, f"breaker name {name!r} is not allowed; use a non-empty string of at most "
-                         "200 characters")
+            problems.add(("circuit_breakers",), f"breaker name {shown(name)} is not allowed; use a non-empty string "
+                         "of at most 200 characters")
             continue
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            problems.add(path, f"{_short(raw)} is not allowed; use a mapping of settings")
+            problems.add(path, f"{shown(raw)} is not allowed; use a mapping of settings")
             continue
         merged = {**default_raw, **raw}
-        config = _section_config(path, merged, problems)
+        config = _section_config(path, merged, problems, plugin_keys, import_modules)
         match = _match(path, raw.get("match", {}), problems)
-        _integration_keys(name, path, merged, problems)
+        _plugin_settings(name, path, merged, problems, plugin_keys)
         if config is not None:
             merged.pop("match", None)
             sections.append(BreakerSection(name, config, match, MappingProxyType(merged)))
@@ -344,9 +435,9 @@ def validate(data: object, *, source: str, lines: Mapping[tuple[str, ...], int] 
     )
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _key(key: object) -> str:
+    """A key as it appears in a location: strings as they are, anything else shortened."""
+    return key[:200] if isinstance(key, str) else shown(key)
 
 
 def _auto(raw: object, problems: _Collector) -> tuple[bool, int]:
@@ -354,30 +445,31 @@ def _auto(raw: object, problems: _Collector) -> tuple[bool, int]:
     if raw is None:
         return True, _DEFAULT_AUTO_MAX
     if not isinstance(raw, Mapping):
-        problems.add(path, f"{_short(raw)} is not allowed; use a mapping with keys enabled, max")
+        problems.add(path, f"{shown(raw)} is not allowed; use a mapping with keys enabled, max")
         return True, _DEFAULT_AUTO_MAX
     enabled = raw.get("enabled", True)
     maximum = raw.get("max", _DEFAULT_AUTO_MAX)
     for key in raw:
         if key not in ("enabled", "max"):
-            problems.add((*path, str(key)), f"unknown key (value {_short(raw[key])}); allowed: enabled, max")
+            problems.add((*path, _key(key)), unknown_key(key, raw[key], ("enabled", "max")))
     if not isinstance(enabled, bool):
-        problems.add((*path, "enabled"), f"{_short(enabled)} is not allowed; use true or false")
+        problems.add((*path, "enabled"), f"{shown(enabled)} is not allowed; use true or false")
         enabled = True
-    if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
-        problems.add((*path, "max"), f"{_short(maximum)} is not allowed; use a whole number >= 1")
+    if isinstance(maximum, bool) or not isinstance(maximum, int) or not 1 <= maximum <= MAX_COUNT:
+        problems.add((*path, "max"), f"{shown(maximum)} is not allowed; use a whole number >= 1, at most "
+                     f"{MAX_COUNT:,}")
         maximum = _DEFAULT_AUTO_MAX
     return enabled, maximum
 
 
-def _section_config(path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector) -> CircuitBreakerConfig | None:
+def _section_config(path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector,
+                    plugin_keys: Mapping[str, Any], import_modules: bool = True) -> CircuitBreakerConfig | None:
     for key in raw:
-        if key not in _SECTION_KEYS:
-            problems.add((*path, str(key)), f"unknown setting (value {_short(raw[key])}); allowed: "
-                         f"{', '.join(sorted(_SECTION_KEYS))}")
+        if key not in _SECTION_KEYS and key not in plugin_keys:
+            problems.add((*path, _key(key)), unknown_key(key, raw[key], _SECTION_KEYS | set(plugin_keys), "setting"))
     core = {k: v for k, v in raw.items() if k in _CORE_KEYS}
     try:
-        return CircuitBreakerConfig.from_dict(core)
+        return config_from_dict(core, import_modules=import_modules)
     except ValueError as exc:
         problems.add_error(path, exc, _CORE_KEYS)
         return None
@@ -404,11 +496,11 @@ def normalize_pattern(kind: str, pattern: str) -> str:
     if kind == "http":
         m = _HTTP_PATTERN.match(text)
         if not m:
-            raise ValueError(f"{pattern!r} is not allowed; use 'scheme://host[:port]' without credentials, path "
+            raise ValueError(f"{shown(pattern)} is not allowed; use 'scheme://host[:port]' without credentials, path "
                              "or query (e.g. 'http://sentinel:8080'; '*' matches any part)")
         scheme = m["scheme"].lower()
         if scheme not in ("http", "https"):
-            raise ValueError(f"{pattern!r} is not allowed; the scheme must be http or https")
+            raise ValueError(f"{shown(pattern)} is not allowed; the scheme must be http or https")
         return f"{scheme}://{m['host'].lower()}:{m['port'] or _DEFAULT_PORTS[scheme]}"
     if kind == "db":
         if "://" in text:
@@ -421,16 +513,16 @@ def normalize_pattern(kind: str, pattern: str) -> str:
             hostport, _, database = text.partition("/")
         m = _HOST_PORT.match(hostport)
         if not m or not database or "/" in database:
-            raise ValueError(f"{pattern!r} is not allowed; use 'postgresql://host[:port]/dbname' or "
+            raise ValueError(f"{shown(pattern)} is not allowed; use 'postgresql://host[:port]/dbname' or "
                              "'host:port/dbname' ('*' matches any part)")
         port = m["port"] or _DEFAULT_PORTS.get(scheme.lower(), "5432")
         return f"{m['host'].lower()}:{port}/{database}"
     if kind == "grpc":
         if not text or any(c.isspace() for c in text) or "://" in text:
-            raise ValueError(f"{pattern!r} is not allowed; use a service 'pkg.Service', a method "
+            raise ValueError(f"{shown(pattern)} is not allowed; use a service 'pkg.Service', a method "
                              "'/pkg.Service/Method' or a target 'host:port'")
         return text
-    raise ValueError(f"{kind!r} is not a call kind; use one of {', '.join(KINDS)}")
+    raise ValueError(f"{shown(kind)} is not a call kind; use one of {', '.join(KINDS)}")
 
 
 def _match(path: tuple[str, ...], raw: object, problems: _Collector) -> Mapping[str, tuple[str, ...]]:
@@ -438,17 +530,18 @@ def _match(path: tuple[str, ...], raw: object, problems: _Collector) -> Mapping[
     if raw is None:
         return MappingProxyType({})
     if not isinstance(raw, Mapping):
-        problems.add(here, f"{_short(raw)} is not allowed; use a mapping with keys {', '.join(KINDS)}")
+        problems.add(here, f"{shown(raw)} is not allowed; use a mapping with keys {', '.join(KINDS)}")
         return MappingProxyType({})
     result: dict[str, tuple[str, ...]] = {}
     for kind, patterns in raw.items():
         if kind not in KINDS:
-            problems.add((*here, str(kind)), f"unknown call kind; allowed: {', '.join(KINDS)}")
+            problems.add((*here, _key(kind)), unknown_key(kind, patterns, KINDS, "call kind"))
             continue
         if isinstance(patterns, str):
             patterns = [patterns]
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            problems.add((*here, kind), f"{_short(patterns)} is not allowed; use a list of strings")
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and len(p) <= 1000 for p in patterns):
+            problems.add((*here, kind), f"{shown(patterns)} is not allowed; use a list of strings (each at most "
+                         "1000 characters)")
             continue
         normalized = []
         for pattern in patterns:
@@ -460,29 +553,18 @@ def _match(path: tuple[str, ...], raw: object, problems: _Collector) -> Mapping[
     return MappingProxyType(result)
 
 
-def _integration_keys(name: str, path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector) -> None:
-    if not INTEGRATION_KEYS.intersection(raw):
-        return
-    section = {k: v for k, v in raw.items() if k in INTEGRATION_KEYS}
-    for validate_settings in _validators():
-        try:
-            validate_settings(name, section)
-        except ValueError as exc:
-            problems.add_error(path, exc, INTEGRATION_KEYS)
-        except Exception as exc:
-            # A validator's own bug must not stop the application; it is only checked less.
-            logger.debug("otel-cb: validate_settings raised %s for breaker %r", type(exc).__name__, name)
-
-
-def _validators() -> Iterator[Any]:
-    import importlib
-
-    for module_name in _VALIDATORS:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:
-            # Not written yet, or its client library is not installed: nothing to check with.
-            continue
-        function = getattr(module, "validate_settings", None)
-        if callable(function):
-            yield function
+def _plugin_settings(name: str, path: tuple[str, ...], raw: Mapping[str, Any], problems: _Collector,
+                     plugin_keys: Mapping[str, list[tuple[str, Any]]]) -> None:
+    """Check each plugin-declared key of a section with its plugin's validator, one key at a time."""
+    for key, value in raw.items():
+        for plugin_name, validate_settings in plugin_keys.get(key, ()) if isinstance(key, str) else ():
+            try:
+                validate_settings(name, {key: value})
+            except ValueError as exc:
+                # Some validators name the field in full (circuit_breakers.<name>.<key>): point at the key either way.
+                message, prefix = str(exc), f"circuit_breakers.{name}."
+                problems.add_error(path, ValueError(message.removeprefix(prefix)), frozenset({key}))
+            except Exception as exc:
+                # What the check cannot vouch for would fail at run time: a problem, never a pass.
+                problems.add((*path, key), f"{shown(value)} could not be checked ({type(exc).__name__} in plugin "
+                             f"{plugin_name!r}); it is not allowed")

@@ -16,17 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .plugin import hookspec
+from ._markers import hookspec
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._call import Call, Patch, SectionValidator
     from ._registry import CircuitBreakerRegistry
-    from ._state import StateChangeEvent
-    from .plugin import Call, Patch, Verdict
+    from ._state import StateChangeEvent, Verdict
 
 __all__ = [
     "otel_cb_breaker_defaults",
     "otel_cb_classify",
+    "otel_cb_config_keys",
     "otel_cb_configure",
     "otel_cb_fallback",
     "otel_cb_patches",
@@ -51,6 +52,33 @@ def otel_cb_breaker_defaults() -> Mapping[str, Mapping[str, Any]]:
     Returns:
         Config sections by breaker name, in the config file's format (core
         fields, ``preset``, integration keys such as ``fallback``).
+    """
+    raise NotImplementedError  # pragma: no cover - a spec is never called
+
+
+@hookspec
+def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
+    """Called whenever a config is validated (``otel-cb config check``, ``instrument()``): this plugin's own keys.
+
+    Declares the keys a plugin reads from breaker sections (through
+    ``otel_cb.plugin.breaker_settings`` or ``section_settings``) and how to
+    check them. A key no plugin declares is an unknown setting, an error. For
+    each section that has one of the keys, otel-cb calls its validator with
+    the breaker's name and a mapping holding that key alone, so every bad
+    key of a section is reported. The validator must not import the client
+    library (the config is checked where it may not be installed) and must
+    accept exactly what the plugin accepts at run time.
+
+    Every plugin of the entry-point group is asked, disabled ones too, so a
+    config stays valid whichever integrations are disabled. Plugin objects
+    passed to ``instrument(plugins=...)`` are not asked: the config is
+    validated before they are registered.
+
+    Returns:
+        Validators by key, e.g. ``{"failure_codes": validate_settings}``. A
+        validator raises ``ValueError`` whose message starts with the field
+        (``"fallback.ttl: '0s' is not allowed; use a positive duration"``);
+        any other exception is reported as a problem of that key too.
     """
     raise NotImplementedError  # pragma: no cover - a spec is never called
 
@@ -125,7 +153,9 @@ def otel_cb_classify(call: Call, result: object, exception: BaseException | None
     Returns:
         ``"success"``, ``"failure"`` or ``"ignored"`` (counts as neither), or
         None to let the integration's own rules decide (for HTTP, the
-        ``failure_statuses`` setting; for gRPC, ``failure_codes``).
+        ``failure_statuses`` setting; for gRPC, ``failure_codes``). Any other
+        answer (``"ignore"``, ``["failure"]``) is logged once with the
+        plugin's name and counts as None.
     """
 
 
@@ -140,8 +170,10 @@ def otel_cb_fallback(call: Call, error: BaseException) -> object | None:
 
     Returns:
         A value that the integration returns instead of raising (it must be
-        what the client would return, e.g. an ``httpx.Response``), or None
-        to let the error propagate.
+        what the client would return, e.g. an ``httpx.Response``), counted as
+        a ``success`` fallback; ``otel_cb.plugin.Refusal(value)`` to serve
+        ``value`` but count a ``refused`` fallback (a fail-closed answer); or
+        None to let the error propagate.
     """
 
 

@@ -1,4 +1,4 @@
-"""The plugin API of otel-cb: hook markers, call and patch descriptions, runtime helpers.
+"""The plugin API and integration kit of otel-cb: what third-party plugins and our own integrations use alike.
 
 Plugins are pluggy plugins of project ``otel_cb``, discovered from the
 ``otel_cb`` entry-point group (the shipped httpx, grpc and asyncpg integrations
@@ -10,11 +10,33 @@ are plugins too). A plugin implements hooks from :mod:`otel_cb.hookspecs`::
     def otel_cb_select_breaker(call: Call) -> str | None:
         return "payments" if call.target == "https://pay.internal:443" else None
 
-Integrations describe each outgoing call as a :class:`Call` and ask the
-runtime helpers below which breaker protects it, how to classify its outcome
-and what fallback serves it. Every helper is contained: a hook that raises is
-logged once with its plugin's name and treated as if it returned None, and
-every helper answers "nothing" (None / ``{}``) while otel-cb is not
+An integration protects a client with these names only (never a private
+module of otel-cb; a test enforces it for ours):
+
+- describe each outgoing call as a :class:`Call`; ``select_breaker(call)``
+  says which breaker protects it (None: let it through untouched);
+- ``breaker.acquire()`` admits it (or raises ``CircuitOpenError``), and
+  ``annotate_span(breaker)`` names the breaker on the client span;
+- ``classify(call, result, exception)`` asks the ``otel_cb_classify`` hooks,
+  ``classify_exception(call, breaker, exc, rule)`` judges a raised exception
+  in the one order all integrations share, and
+  ``permit.record(verdict, retry_after=...)`` records any :data:`Verdict`;
+- ``serve_fallback(call, breaker, error, accept)`` serves and counts what
+  the ``otel_cb_fallback`` hooks answer (a :class:`Refusal` counts as
+  ``refused``); ``breaker.count_fallback(outcome)`` counts a fallback of the
+  integration's own;
+- ``section_settings(breaker, parse, default)`` gives the integration's
+  parsed view of a breaker's config section, and the ``otel_cb_config_keys``
+  hook declares and validates those keys;
+- ``destination_name(call)`` is the automatic breaker name of a call's
+  destination; ``parse_duration(field, value)`` reads ``"5m"``-style settings
+  and ``parse_items(field, value, parse_item, allowed)`` list settings;
+- ``log_once(key, message, ...)`` reports a contained fault once;
+  ``breaker.shared_state`` is the breaker's shared-state backend, if any.
+
+Every helper is contained: a hook that raises or answers outside its
+contract is logged once with its plugin's name and treated as if it returned
+None, and every helper answers "nothing" (None / ``{}``) while otel-cb is not
 instrumented, so an integration can call them unconditionally.
 
 This module imports pluggy; ``import otel_cb`` does not import it (only
@@ -23,89 +45,37 @@ This module imports pluggy; ``import otel_cb`` does not import it (only
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
-
-import pluggy
-
-from ._plugins import breaker_settings, classify, fallback, select_breaker
-from ._state import Verdict
+from ._call import Call, CallKind, Patch, Refusal, SectionValidator, Wrapper
+from ._config import parse_duration
+from ._kit import ExceptionRule, annotate_span, classify_exception, parse_items, section_settings, serve_fallback
+from ._markers import PROJECT, hookimpl, hookspec
+from ._plugins import breaker_settings, classify, fallback, log_once, select_breaker
+from ._routing import destination_name
+from ._state import FallbackOutcome, Verdict
 
 __all__ = [
     "PROJECT",
     "Call",
     "CallKind",
+    "ExceptionRule",
+    "FallbackOutcome",
     "Patch",
+    "Refusal",
+    "SectionValidator",
     "Verdict",
+    "Wrapper",
+    "annotate_span",
     "breaker_settings",
     "classify",
+    "classify_exception",
+    "destination_name",
     "fallback",
     "hookimpl",
     "hookspec",
+    "log_once",
+    "parse_duration",
+    "parse_items",
+    "section_settings",
     "select_breaker",
+    "serve_fallback",
 ]
-
-PROJECT = "otel_cb"
-"""The pluggy project name, which is also the entry-point group plugins register under."""
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-"""Marks a hook specification (used by :mod:`otel_cb.hookspecs`)."""
-
-hookimpl = pluggy.HookimplMarker(PROJECT)
-"""Marks a hook implementation in a plugin; also available as ``otel_cb.hookimpl``."""
-
-CallKind = Literal["http", "grpc", "db"]
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One outgoing call, as routing, classification and fallback hooks see it.
-
-    Routing is memoised per ``(kind, target, service, method)``: an
-    ``otel_cb_select_breaker`` hook must decide from those four fields only.
-
-    Attributes:
-        kind: ``"http"``, ``"grpc"`` or ``"db"``.
-        target: Where the call goes, never with credentials, path or query:
-            HTTP ``"scheme://host:port"``, gRPC the channel target
-            ``"host:port"``, database ``"host:port/dbname"``.
-        method: HTTP ``"GET"``; gRPC ``"/pkg.Service/Method"``; database
-            ``"fetch"``, ``"execute"``, ``"connect"``, ``"acquire"``...
-        service: gRPC ``"pkg.Service"``; empty otherwise.
-        url: HTTP only: the URL without userinfo, for routing decisions and
-            fallbacks. It may hold a path and a query, so it never goes into
-            breaker names, span attributes, metric labels or logs.
-        request: The client's own request object when there is one
-            (``httpx.Request``, a gRPC request message), else None.
-    """
-
-    kind: CallKind
-    target: str
-    method: str = ""
-    service: str = ""
-    url: str = ""
-    request: object = None
-
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Patch:
-    """One wrapt patch that the engine applies when ``module`` is imported (or at once).
-
-    Attributes:
-        module: The module to patch, e.g. ``"httpx"``.
-        target: Dotted path inside the module, e.g. ``"HTTPTransport.handle_request"``.
-        wrapper: A wrapt wrapper, ``wrapper(wrapped, instance, args, kwargs)``.
-            It must call ``wrapped(*args, **kwargs)`` for every call it does
-            not protect, so an unprotected call behaves exactly as without it.
-        integration: The integration or plugin name that ``--disable`` and
-            ``OTEL_CB_DISABLED`` use, e.g. ``"httpx"``.
-    """
-
-    module: str
-    target: str
-    wrapper: Wrapper
-    integration: str

@@ -157,7 +157,7 @@ def test_from_dict_with_preset_exceptions_and_a_count_window() -> None:
     ({"window_type": "count", "window_size": "30s"}, r"^window_size: '30s' is not allowed; use a whole number"),
     ({"preset": "quick"}, r"^preset: 'quick' is not a preset"),
     ({"record_exceptions": ["no.such.Error"]}, r"^record_exceptions: 'no.such.Error' does not name an importable"),
-    ({"record_exceptions": ["builtins.len"]}, r"^record_exceptions: <built-in function len> is not an exception"),
+    ({"record_exceptions": ["builtins.len"]}, r"^record_exceptions: 'builtins.len' is not an exception class"),
     ({"ignore_exceptions": 5}, r"^ignore_exceptions: 5 is not allowed; use a list of exception classes"),
     ({"failure_rate_threshold": 2}, r"^failure_rate_threshold: 2 is not allowed; use a ratio in \(0, 1\]"),
 ])

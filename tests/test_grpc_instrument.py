@@ -20,7 +20,7 @@ import pytest
 import otel_cb
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, _plugins, registry
 from otel_cb.integrations.grpc import GrpcCircuitOpenError
-from otel_cb.plugin import Call, hookimpl
+from otel_cb.plugin import Call, Refusal, hookimpl
 from tests.conftest import FakeClock
 from tests.grpc_server import FaultServer, module_server_fixture, pb_fixture, server_fixture, stubs  # noqa: F401
 from tests.test_grpc import KINDS, aio_call, sync_call
@@ -333,3 +333,33 @@ def test_hand_wired_and_automatic_do_not_count_twice(pb: Any, server: FaultServe
         assert analyze(pb, channel).allowed
     assert own.snapshot().calls["success"] == 1
     assert shield.snapshot().calls["success"] == 0
+
+
+class RefusingPlugin:
+    """Fails closed for Shield calls: serves a refusal, as the shield service plugin does."""
+
+    @hookimpl
+    def otel_cb_fallback(self, call: Call, error: BaseException) -> object | None:
+        if call.service == "llm.shield.v1.ShieldService":
+            return Refusal(stubs().shield_pb2.SecurityVerdict(event_id="e", allowed=False, reason="not scanned"))
+        return None
+
+
+def test_a_refusal_is_served_and_counted_refused(pb: Any, server: FaultServer, shield: CircuitBreaker,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, RefusingPlugin())
+    otel_cb.instrument(config(), disabled=others())
+    server.mode = "unavailable"
+    with grpc.insecure_channel(server.address) as channel:
+        for _ in range(3):  # two failures open it, then a rejection: each answered by the refusal
+            assert analyze(pb, channel).reason == "not scanned"
+    assert shield.state is CircuitState.OPEN
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb.shield_pb2_grpc.ShieldServiceStub(channel)
+            verdict = await stub.AnalyzeSecurityEvent(pb.shield_pb2.SecurityEvent(event_id="e", payload="x"))
+            assert verdict.reason == "not scanned"
+
+    asyncio.run(scenario())
+    assert shield.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 4}

@@ -239,6 +239,23 @@ def test_classify_hook_overrides_the_rules(server: FaultServer, clock: FakeClock
     assert seen[0] == (f"http://127.0.0.1:{server.port}", "Response", "NoneType")
 
 
+def test_a_classify_hook_answering_outside_the_vocabulary_never_disables_protection(
+        server: FaultServer, clock: FakeClock) -> None:
+    class Broken:
+        @hookimpl
+        def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> object:
+            return ["failure"]  # unhashable, not a verdict: no answer
+
+    breaker = CircuitBreaker("unhashable", config(), clock=clock)
+    with activated(Broken(), breakers=(breaker,)), \
+            httpx.Client(transport=CircuitBreakerTransport(httpx.HTTPTransport(), breaker=breaker)) as client:
+        for _ in range(3):  # the status rule decides: three 500s open it
+            assert client.get(f"{server.url}/status/500").status_code == 500
+        with pytest.raises(HTTPCircuitOpenError):
+            client.get(f"{server.url}/status/200")
+    assert breaker.snapshot().calls["failure"] == 3
+
+
 def test_a_connection_error_is_a_failure_and_reaches_the_caller_unchanged(clock: FakeClock) -> None:
     server = FaultServer().start()
     url = server.url

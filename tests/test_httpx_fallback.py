@@ -12,7 +12,7 @@ import pytest
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
 from otel_cb.integrations._http_policy import StaleCache
 from otel_cb.integrations.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport, HTTPCircuitOpenError
-from otel_cb.plugin import Call, hookimpl
+from otel_cb.plugin import Call, Refusal, hookimpl
 
 from .conftest import FakeClock
 from .http_server import FaultServer
@@ -186,3 +186,17 @@ def test_async_stale_cache(server: FaultServer, clock: FakeClock) -> None:
 
     asyncio.run(main())
     assert server.requests == 1
+
+
+def test_a_refusal_from_the_hook_is_served_and_counted_refused(server: FaultServer, clock: FakeClock) -> None:
+    class FailClosed:
+        @hookimpl
+        def otel_cb_fallback(self, call: Call, error: BaseException) -> object | None:
+            return Refusal(httpx.Response(503, text="not checked"))
+
+    cb = breaker(clock)
+    with activated(FailClosed(), breakers=(cb,)), client_for(cb) as client:
+        cb.force_open()
+        served = client.get(server.url)
+        assert (served.status_code, served.text) == (503, "not checked")
+    assert cb.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 1}

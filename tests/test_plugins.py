@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import otel_cb
+import otel_cb.integrations.httpx
 from otel_cb import _plugins, hookspecs
 from otel_cb.plugin import Call, Patch, breaker_settings, classify, fallback, hookimpl, select_breaker
 
@@ -45,7 +46,8 @@ def test_contract_shapes() -> None:
 def test_every_hookspec_is_documented_and_firstresult_where_promised() -> None:
     specs = {name: fn for name, fn in vars(hookspecs).items() if name.startswith("otel_cb_")}
     assert set(specs) == {
-        "otel_cb_breaker_defaults", "otel_cb_configure", "otel_cb_register_breakers", "otel_cb_patches",
+        "otel_cb_breaker_defaults", "otel_cb_config_keys", "otel_cb_configure", "otel_cb_register_breakers",
+        "otel_cb_patches",
         "otel_cb_select_breaker",
         "otel_cb_classify", "otel_cb_fallback", "otel_cb_state_change",
     }
@@ -182,13 +184,20 @@ def test_configure_and_register_breakers_hooks(no_entry_points: None) -> None:
     otel_cb.registry.remove("from_plugin")
 
 
-def test_breaker_settings_are_the_section_laid_over_defaults(no_entry_points: None) -> None:
+def test_breaker_settings_are_the_section_laid_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the httpx plugin, which declares failure_statuses.
+    found = [ep for ep in _plugins._entry_points() if ep.name == "httpx"]
+    monkeypatch.setattr(_plugins, "_entry_points", lambda: found)
+    monkeypatch.setattr(otel_cb.integrations.httpx, "otel_cb_patches", lambda: [])
     otel_cb.instrument({"circuit_breakers": {
         "defaults": {"failure_statuses": [503]},
         "api": {"preset": "aggressive", "shared_state": None, "match": {"http": ["http://api"]}},
     }})
-    assert breaker_settings("api") == {"failure_statuses": [503], "preset": "aggressive", "shared_state": None}
-    assert breaker_settings("http://elsewhere:80") == {"failure_statuses": [503]}
+    try:
+        assert breaker_settings("api") == {"failure_statuses": [503], "preset": "aggressive", "shared_state": None}
+        assert breaker_settings("http://elsewhere:80") == {"failure_statuses": [503]}
+    finally:
+        otel_cb.uninstrument()
 
 
 class FakeEntryPoint:

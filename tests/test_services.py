@@ -146,6 +146,9 @@ def test_shield_fails_closed_even_when_another_plugin_offers_a_verdict(services:
                 await client.analyze_security_event("e3", "hello")
             assert isinstance(info.value.__cause__, CircuitOpenError)
             assert info.value.scanned is False
+            # Served to the client as a refusal, never counted as a successful fallback.
+            fallbacks = client.circuit_breaker.snapshot().fallbacks
+            assert fallbacks["success"] == 0 and fallbacks["refused"] >= 1
         finally:
             await client.aclose()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from otel_cb import CircuitBreakerConfig, ConfigError, _settings
+from otel_cb import CircuitBreakerConfig, ConfigError, _plugins, _settings
 from otel_cb._settings import load, normalize_pattern
 
 EXAMPLE = """\
@@ -123,13 +123,13 @@ def test_every_problem_with_its_line_and_key_path_in_file_order() -> None:
         "extra: 1\n"
     )
     assert problems == [
-        ":2: auto_breakers.max: -1 is not allowed; use a whole number >= 1",
+        ":2: auto_breakers.max: -1 is not allowed; use a whole number >= 1, at most 1,000,000",
         ":5: circuit_breakers.a.preset: 'nope' is not a preset; use one of aggressive, cache, database, default, "
         "http_api, lenient, llm_service, notifications",
         ":7: circuit_breakers.b.window_type: 'weekly' is not allowed; use 'time' or 'count'",
-        ":8: circuit_breakers.b.colour: unknown setting (value 'red'); allowed: " + ", ".join(
-            sorted(_settings._SECTION_KEYS)),
-        ":9: extra: unknown key (value 1); allowed: circuit_breakers, auto_breakers, plugins",
+        ":8: circuit_breakers.b.colour: unknown setting (value 'red'); allowed settings: " + ", ".join(
+            sorted(_settings._SECTION_KEYS | set(_plugins.config_keys()))),
+        ":9: extra: unknown key (value 1); allowed keys: auto_breakers, circuit_breakers, plugins",
     ]
 
 
@@ -161,7 +161,8 @@ def test_mapping_problems_have_key_paths_without_lines() -> None:
     with pytest.raises(ConfigError) as info:
         load({"circuit_breakers": {"a": {"failure_threshold": 0}}})
     assert str(info.value.problems[0]) == (
-        "<mapping>: circuit_breakers.a.failure_threshold: 0 is not allowed; use a whole number >= 1 or None"
+        "<mapping>: circuit_breakers.a.failure_threshold: 0 is not allowed; use a whole number >= 1 or None, at "
+        "most 1,000,000"
     )
     assert str(info.value).startswith("invalid config: <mapping>: circuit_breakers.a.failure_threshold")
 
@@ -174,7 +175,7 @@ def test_integration_keys_are_checked_by_the_integrations(monkeypatch: pytest.Mo
         if section.get("failure_statuses") == ["teapot"]:
             raise ValueError("failure_statuses: 'teapot' is not a status; use integers 100-599")
 
-    monkeypatch.setattr(_settings, "_validators", lambda: iter([validate_settings]))
+    monkeypatch.setattr(_plugins, "config_keys", lambda: {"failure_statuses": [("test", validate_settings)]})
     load({"circuit_breakers": {"a": {"preset": "aggressive", "failure_statuses": [503]}, "b": {}}})
     assert seen == [("a", {"failure_statuses": [503]})]  # only its own keys, only where present
     with pytest.raises(ConfigError) as info:

@@ -122,6 +122,8 @@ def _notice_destination() -> None:
     """Say once per process tree where telemetry goes, so a missing collector is no mystery."""
     if os.environ.get(_NOTICE_ENV) == "1":
         return
+    from .._redact import mask, origin
+
     os.environ[_NOTICE_ENV] = "1"  # inherited: child processes stay quiet
     parts = []
     for signal, default in (("TRACES", "otlp"), ("METRICS", "otlp")):
@@ -133,7 +135,7 @@ def _notice_destination() -> None:
                 endpoint = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
                             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                             or _DEFAULT_ENDPOINTS.get(protocol, "?"))
-                parts.append(f"{signal.lower()} to OTLP/{protocol} {_safe_endpoint(endpoint)}")
+                parts.append(f"{signal.lower()} to OTLP/{protocol} {origin(endpoint)}")
             elif exporter == "prometheus":
                 host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost")
                 port = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
@@ -142,15 +144,7 @@ def _notice_destination() -> None:
                 parts.append(f"{signal.lower()} to {exporter}")
     if parts:
         # Straight to stderr: the application's logging is not configured yet.
-        sys.stderr.write(f"otel-cb: telemetry goes {', '.join(parts)}\n")
-
-
-def _safe_endpoint(endpoint: str) -> str:
-    scheme, sep, rest = endpoint.strip().partition("://")
-    if not sep:
-        scheme, rest = "", scheme
-    hostport = rest.rpartition("@")[2].partition("/")[0].partition("?")[0]  # no credentials, path or query
-    return f"{scheme}://{hostport}" if scheme else hostport
+        sys.stderr.write(mask(f"otel-cb: telemetry goes {', '.join(parts)}") + "\n")
 
 
 def _activate_instrumentors() -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..plugin import parse_items
 
 __all__ = [
     "DEFAULT_FAILURE_SQLSTATES",
@@ -45,14 +47,11 @@ _DEFAULT_PORT = 5432
 
 
 def _parse_sqlstates(where: str, value: object) -> frozenset[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{where}: {value!r} is not allowed; use {_SQLSTATES_ALLOWED}")
-    codes = set()
-    for item in value:
-        if not isinstance(item, str) or not _SQLSTATE.match(item.upper()):
-            raise ValueError(f"{where}: {item!r} is not allowed; use {_SQLSTATES_ALLOWED}")
-        codes.add(item.upper())
-    return frozenset(codes)
+    return parse_items(where, value, _sqlstate, _SQLSTATES_ALLOWED)
+
+
+def _sqlstate(item: object) -> tuple[str] | None:
+    return (item.upper(),) if isinstance(item, str) and _SQLSTATE.match(item.upper()) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,11 @@
 """HTTP policy shared by the sync and async httpx paths, free of any client library.
 
-Owns the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation, the stale-response cache and ``Retry-After`` parsing. The httpx
-module turns these plain values into requests and responses.
+Owns how an HTTP response counts (``status_verdict``: 429 and 5xx are
+failures, other statuses successes, unless ``failure_statuses`` says
+otherwise; ``retry_after_hint``: the ``Retry-After`` of a failing 429/503),
+the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
+validation and the stale-response cache. The httpx module turns these plain
+values into requests and responses.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
-from .._config import parse_duration
+from ..plugin import Verdict, parse_duration, parse_items
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
+    "RETRY_AFTER_STATUSES",
     "HTTPSettings",
     "StaleCache",
     "StaticResponse",
@@ -29,10 +33,13 @@ __all__ = [
     "parse_fallback",
     "parse_retry_after",
     "parse_settings",
+    "retry_after_hint",
+    "status_verdict",
     "validate_settings",
 ]
 
 DEFAULT_FAILURE_STATUSES = frozenset([429, *range(500, 600)])
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 _STATUS_RANGE = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*-\s*(\d{3})\s*$")
 _STATUSES_ALLOWED = "a list of status codes (100-599), 'Nxx' classes or 'A-B' ranges, e.g. [429, '5xx']"
 # Never replayed from the cache: a replayed POST could repeat a side effect the caller
@@ -47,25 +54,20 @@ def parse_failure_statuses(where: str, value: object) -> frozenset[int]:
     Raises:
         ValueError: naming the field, the bad value and what is allowed.
     """
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{where}: {value!r} is not allowed; use {_STATUSES_ALLOWED}")
-    statuses: set[int] = set()
-    for item in value:
-        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
-            statuses.add(item)
-            continue
-        match = _STATUS_RANGE.match(item) if isinstance(item, str) else None
-        if match is None:
-            raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
-        if match.group(1):
-            low = int(match.group(1)) * 100
-            high = low + 99
-        else:
-            low, high = int(match.group(2)), int(match.group(3))
-            if not 100 <= low <= high <= 599:
-                raise ValueError(f"{where}: {item!r} is not allowed; use {_STATUSES_ALLOWED}")
-        statuses.update(range(low, high + 1))
-    return frozenset(statuses)
+    return parse_items(where, value, _statuses, _STATUSES_ALLOWED)
+
+
+def _statuses(item: object) -> range | None:
+    if isinstance(item, int) and not isinstance(item, bool):
+        return range(item, item + 1) if 100 <= item <= 599 else None
+    match = _STATUS_RANGE.match(item) if isinstance(item, str) else None
+    if match is None:
+        return None
+    if match.group(1):
+        low = int(match.group(1)) * 100
+        return range(low, low + 100)
+    low, high = int(match.group(2)), int(match.group(3))
+    return range(low, high + 1) if 100 <= low <= high <= 599 else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -184,7 +186,7 @@ def parse_fallback(where: str, value: object, *,
     Raises:
         ValueError: naming the field, the bad value and what is allowed.
     """
-    if not isinstance(value, Mapping) or value.get("type") not in _FALLBACK_KEYS:
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str) or value["type"] not in _FALLBACK_KEYS:
         raise ValueError(f"{where}: {value!r} is not allowed; use {_FALLBACK_ALLOWED}")
     kind = value["type"]
     unknown = sorted(set(value) - _FALLBACK_KEYS[kind])
@@ -256,3 +258,18 @@ def validate_settings(name: str, section: Mapping[str, Any]) -> None:
         ValueError: naming the field, the bad value and what is allowed.
     """
     parse_settings(name, section)
+
+
+def status_verdict(status: int, failure_statuses: frozenset[int]) -> Verdict:
+    """How a response counts when no ``otel_cb_classify`` hook answered.
+
+    A status in ``failure_statuses`` (429 and 5xx unless the breaker's config
+    says otherwise) is a failure of the server; every other status, 4xx
+    included, is a success: the server answered, the request was what failed.
+    """
+    return "failure" if status in failure_statuses else "success"
+
+
+def retry_after_hint(status: int, header: str | None) -> float | None:
+    """Seconds a failing 429 or 503 asks the client to wait (its ``Retry-After``); None for other statuses."""
+    return parse_retry_after(header) if status in RETRY_AFTER_STATUSES else None

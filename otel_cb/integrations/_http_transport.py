@@ -13,26 +13,32 @@ when httpx is in use.
 from __future__ import annotations
 
 import contextvars
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from .._breaker import CircuitBreaker, Permit
-from .._errors import CircuitOpenError
-from .._plugins import _log_once
-from .._state import CircuitState
-from ..plugin import Call, breaker_settings, classify, fallback, select_breaker
-from ..telemetry import annotate_current_span
+from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
+from ..plugin import (
+    Call,
+    Verdict,
+    annotate_span,
+    classify,
+    classify_exception,
+    log_once,
+    section_settings,
+    select_breaker,
+    serve_fallback,
+)
 from ._http_policy import (
     HTTPSettings,
     StaleCache,
     StaticResponse,
     parse_failure_statuses,
     parse_fallback,
-    parse_retry_after,
     parse_settings,
+    retry_after_hint,
+    status_verdict,
 )
 
 __all__ = [
@@ -48,7 +54,6 @@ Selector = Callable[[Call], CircuitBreaker | None]
 
 FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
@@ -57,8 +62,6 @@ _NO_KWARGS: dict[str, Any] = {}
 # Set while a protected request runs, so a patched transport inside a
 # hand-wired CircuitBreakerTransport does not guard the same request twice.
 _GUARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.httpx.guarded", default=False)
-_settings_cache: weakref.WeakKeyDictionary[CircuitBreaker, tuple[Mapping[str, Any], HTTPSettings]] = \
-    weakref.WeakKeyDictionary()
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -94,23 +97,18 @@ def describe(request: httpx.Request) -> Call:
     return Call(kind="http", target=f"{scheme}://{host}:{port}", method=request.method, url=full, request=request)
 
 
+def _parse(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
+    # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
+    return parse_settings(breaker.name, section, clock=breaker._clock)
+
+
 def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
     """The HTTP settings of ``breaker``'s config section, parsed once per section."""
-    raw = breaker_settings(breaker.name)
-    if not raw:
-        return _DEFAULT_SETTINGS
-    cached = _settings_cache.get(breaker)
-    if cached is not None and cached[0] is raw:
-        return cached[1]
-    try:
-        # The cache ages by the breaker's clock, so tests move both with one fake clock.
-        settings = parse_settings(breaker.name, raw, clock=breaker._clock)
-    except ValueError as exc:
-        _log_once(("httpx-settings", breaker.name), "otel-cb: %s; breaker %r uses the default HTTP settings",
-                  exc, breaker.name)
-        settings = _DEFAULT_SETTINGS
-    _settings_cache[breaker] = (raw, settings)
-    return settings
+    return section_settings(breaker, _parse, _DEFAULT_SETTINGS)
+
+
+def _not_the_server(exc: BaseException) -> Verdict | None:
+    return "ignored" if isinstance(exc, _NOT_THE_SERVER) else None
 
 
 class _Router:
@@ -146,7 +144,7 @@ class _Router:
             if breaker is None:
                 return None
             if not isinstance(breaker, CircuitBreaker):
-                _log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; the "
+                log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; the "
                           "request goes out unprotected", type(breaker).__name__)
                 return None
             settings = settings_of(breaker)
@@ -156,16 +154,9 @@ class _Router:
                     settings.fallback if self._fallback is None else self._fallback)
             return _Exchange(breaker, call, settings)
         except Exception:
-            _log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
+            log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
                       "the request goes out unprotected", exc_info=True)
             return None
-
-
-def _annotate_span(breaker: CircuitBreaker, state: CircuitState) -> None:
-    try:
-        annotate_current_span(breaker, state)
-    except Exception:
-        _log_once(("httpx", "annotate"), "otel-cb: annotating the httpx span failed", exc_info=True)
 
 
 class _Exchange:
@@ -199,12 +190,12 @@ class _Exchange:
             request = self.call.request
             http_error = HTTPCircuitOpenError(error.name, error.state, error.retry_after,
                                               request=request if isinstance(request, httpx.Request) else None)
-            _annotate_span(self.breaker, error.state)
+            annotate_span(self.breaker, error.state)
             served = self._fallback(http_error)
             if served is None:
                 raise http_error from None
             return served
-        _annotate_span(self.breaker, self.breaker.state)
+        annotate_span(self.breaker, self.breaker.state)
         self.token = _GUARDED.set(True)
         return None
 
@@ -218,7 +209,7 @@ class _Exchange:
             if self._record_exception(exc) == "failure":
                 served = self._fallback(exc)
         except Exception:
-            _log_once(("httpx", "failed"), "otel-cb: handling an httpx error failed", exc_info=True)
+            log_once(("httpx", "failed"), "otel-cb: handling an httpx error failed", exc_info=True)
         if served is None:
             raise exc
         return served
@@ -240,15 +231,12 @@ class _Exchange:
             self.hook_verdict = verdict is not None
             status = response.status_code
             if verdict is None:
-                verdict = "failure" if status in self.settings.failure_statuses else "success"
-            if verdict == "failure":
+                verdict = status_verdict(status, self.settings.failure_statuses)
+            if verdict != "success":
                 retry_after = None
-                if status in _RETRY_AFTER_STATUSES:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                permit.record_failure(retry_after=retry_after)
-                return False
-            if verdict == "ignored":
-                permit.record_ignored()
+                if verdict == "failure":
+                    retry_after = retry_after_hint(status, response.headers.get("retry-after"))
+                permit.record(verdict, retry_after=retry_after)
                 return False
             cache = self.settings.fallback
             if isinstance(cache, StaleCache) and 200 <= status < 300:
@@ -260,7 +248,7 @@ class _Exchange:
             self.response = response
             return True
         except Exception:
-            _log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
+            log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
                       "no verdict", exc_info=True)
             permit.release()
             return False
@@ -283,7 +271,7 @@ class _Exchange:
             try:
                 self._record_exception(exc)
             except Exception:
-                _log_once(("httpx", "body"), "otel-cb: handling an httpx body error failed", exc_info=True)
+                log_once(("httpx", "body"), "otel-cb: handling an httpx body error failed", exc_info=True)
 
     def body_complete(self) -> None:
         permit = self.permit
@@ -296,7 +284,7 @@ class _Exchange:
                     and response is not None:
                 cache.store(self.cache_key, response.status_code, list(response.headers.raw), b"".join(chunks))
         except Exception:
-            _log_once(("httpx", "cache"), "otel-cb: caching an httpx response failed", exc_info=True)
+            log_once(("httpx", "cache"), "otel-cb: caching an httpx response failed", exc_info=True)
         self.chunks = None
 
     def body_closed(self) -> None:
@@ -321,40 +309,25 @@ class _Exchange:
         else:
             permit.record_result(self.response)
 
-    def _record_exception(self, exc: BaseException) -> str:
+    def _record_exception(self, exc: BaseException) -> Verdict | None:
         permit = self.permit
         assert permit is not None
-        if not isinstance(exc, Exception):
-            permit.release()
-            return "none"
-        verdict = classify(self.call, None, exc)
-        if verdict == "failure":
-            permit.record_failure()
-        elif verdict == "success":
-            permit.record_success()
-        elif verdict == "ignored" or isinstance(exc, _NOT_THE_SERVER):
-            permit.record_ignored()
-            return "ignored"
-        else:
-            return permit.record_exception(exc) or "none"
+        verdict = classify_exception(self.call, self.breaker, exc, _not_the_server)
+        permit.record(verdict)
         return verdict
 
     def _fallback(self, error: BaseException) -> httpx.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
         try:
-            value = fallback(self.call, error)
+            value = serve_fallback(self.call, self.breaker, error, httpx.Response)
             if value is not None:
-                if isinstance(value, httpx.Response):
-                    self.breaker.count_fallback("success")
-                    return value
-                _log_once(("httpx", "fallback-type"), "otel-cb: otel_cb_fallback returned a %s for an httpx "
-                          "call, not an httpx.Response; ignored", type(value).__name__)
+                return value  # type: ignore[return-value]
             configured = self.settings.fallback
             if configured is None:
                 return None
             response = _configured_response(configured, self.call)
         except Exception:
-            _log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
+            log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
                       exc_info=True)
             self.breaker.count_fallback("failure")
             return None

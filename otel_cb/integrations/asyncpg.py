@@ -101,25 +101,33 @@ API
 - :class:`ResilientPool`: an asyncpg pool behind one breaker, for hand wiring.
 - :class:`FailureRules` and ``DEFAULT_FAILURE_SQLSTATES``: the classification rules.
 - :func:`db_target`: a DSN or connection arguments as ``host:port/dbname``.
-- :func:`validate_settings`: checks a breaker's database config keys (the config loader calls it).
-- :func:`otel_cb_patches`: the plugin hook listing the patches.
+- :func:`validate_settings`: checks a breaker's database config keys, without importing asyncpg.
+- :func:`otel_cb_config_keys`, :func:`otel_cb_patches`: the plugin hooks (the two
+  config keys; the patches).
 """
 
 from __future__ import annotations
 
 import contextvars
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._breaker import CircuitBreaker, Permit
-from .._config import CircuitBreakerConfig
-from .._errors import CircuitOpenError
-from .._plugins import _log_once
-from .._registry import registry as _registry
-from .._routing import destination_name
-from .._state import CircuitState
-from ..plugin import Call, Patch, breaker_settings, classify, fallback, hookimpl, select_breaker
+from .. import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, registry
+from ..plugin import (
+    Call,
+    Patch,
+    SectionValidator,
+    Verdict,
+    annotate_span,
+    classify,
+    classify_exception,
+    destination_name,
+    hookimpl,
+    log_once,
+    section_settings,
+    select_breaker,
+    serve_fallback,
+)
 from ._asyncpg_policy import DEFAULT_FAILURE_SQLSTATES, FailureRules, connection_target, db_target, validate_settings
 
 if TYPE_CHECKING:
@@ -131,6 +139,7 @@ __all__ = [
     "FailureRules",
     "ResilientPool",
     "db_target",
+    "otel_cb_config_keys",
     "otel_cb_patches",
     "validate_settings",
 ]
@@ -143,8 +152,6 @@ Wrapped = Callable[..., Awaitable[Any]]
 # -> acquire -> connection.fetch) pass straight through, so one user-level call
 # is judged once.
 _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.asyncpg.inside", default=False)
-_rules_cache: weakref.WeakKeyDictionary[CircuitBreaker, tuple[Mapping[str, Any], FailureRules]] = \
-    weakref.WeakKeyDictionary()
 _DEFAULT_RULES = FailureRules()
 _MAX_MEMO = 4096
 _calls: dict[tuple[str, str], Call] = {}
@@ -155,71 +162,17 @@ _conn_targets: dict[tuple[object, object], str] = {}
 # -- the one protected-call path (patches and ResilientPool) ---------------------
 
 
-_annotate_span: Callable[[CircuitBreaker, CircuitState], None] | None = None
+def _parse_rules(breaker: CircuitBreaker, section: Mapping[str, Any]) -> FailureRules:
+    return FailureRules.from_settings(breaker.name, section)
 
 
-def _annotate(breaker: CircuitBreaker, state: CircuitState) -> None:
-    global _annotate_span
-    try:
-        if _annotate_span is None:
-            from ..telemetry import annotate_current_span
-
-            _annotate_span = annotate_current_span
-        _annotate_span(breaker, state)
-    except Exception:
-        _log_once(("asyncpg", "annotate"), "otel-cb: annotating the database span failed", exc_info=True)
-
-
-def _rules_for(breaker: CircuitBreaker) -> FailureRules:
-    """The breaker's SQLSTATE rules from its config section, parsed once per section."""
-    section = breaker_settings(breaker.name)
-    if not section:
-        return _DEFAULT_RULES
-    cached = _rules_cache.get(breaker)
-    if cached is not None and cached[0] is section:
-        return cached[1]
-    try:
-        rules = FailureRules.from_settings(breaker.name, section)
-    except ValueError as exc:
-        _log_once(("asyncpg", breaker.name), "otel-cb: %s; using the default database rules", exc)
-        rules = _DEFAULT_RULES
-    _rules_cache[breaker] = (section, rules)
-    return rules
-
-
-def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc: BaseException) -> str:
-    """``failure``, ``ignore``, ``success`` (end of a cursor) or ``none`` (cancellation)."""
-    if not isinstance(exc, Exception):
-        return "none"
+def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc: BaseException) -> Verdict | None:
+    """The verdict on what a database call raised; the end of a cursor is a success."""
     if isinstance(exc, StopAsyncIteration):
         return "success"
-    verdict = classify(call, None, exc)
-    if verdict is not None:
-        return verdict
-    config = breaker.config
-    if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
-        return "ignored"
-    if config.is_failure is not None:
-        return "failure" if config.is_failure(exc) else "ignored"
-    return (rules or _rules_for(breaker)).verdict(exc)
-
-
-def _record(permit: Permit, verdict: str) -> None:
-    if verdict == "failure":
-        permit.record_failure()
-    elif verdict == "ignored":
-        permit.record_ignored()
-    elif verdict == "success":
-        permit.record_success()
-    else:
-        permit.release()
-
-
-def _serve_fallback(call: Call, breaker: CircuitBreaker, error: BaseException) -> object | None:
-    value = fallback(call, error)
-    if value is not None:
-        breaker.count_fallback("success")
-    return value
+    if rules is None:
+        rules = section_settings(breaker, _parse_rules, _DEFAULT_RULES)
+    return classify_exception(call, breaker, exc, rules.verdict)
 
 
 async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | None,
@@ -228,20 +181,20 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     try:
         permit = breaker.acquire()
     except CircuitOpenError as exc:
-        _annotate(breaker, exc.state)
-        served = _serve_fallback(call, breaker, exc)
+        annotate_span(breaker, exc.state)
+        served = serve_fallback(call, breaker, exc)
         if served is None:
             raise
         return served
-    _annotate(breaker, breaker.state)
+    annotate_span(breaker, breaker.state)
     token = _INSIDE.set(True)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
         verdict = _judge(call, breaker, rules, exc)
-        _record(permit, verdict)
+        permit.record(verdict)
         if verdict == "failure":
-            served = _serve_fallback(call, breaker, exc)
+            served = serve_fallback(call, breaker, exc)
             if served is not None:
                 return served
         raise
@@ -251,7 +204,7 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     if hook_verdict is None:
         permit.record_result(result)
     else:
-        _record(permit, hook_verdict)
+        permit.record(hook_verdict)
     return result
 
 
@@ -322,8 +275,8 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
             breaker = select_breaker(call)
         except Exception:
             # Never let our bookkeeping break the application's query.
-            _log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
-                      method, exc_info=True)
+            log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
+                     method, exc_info=True)
             breaker = None
         if breaker is None:
             return await wrapped(*args, **kwargs)
@@ -376,6 +329,12 @@ def _patches() -> list[Patch]:
 
 
 _PATCHES: list[Patch] = []
+
+
+@hookimpl
+def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
+    """The breaker-section keys of the asyncpg integration, checked without importing asyncpg."""
+    return {"failure_sqlstates": validate_settings, "ignore_sqlstates": validate_settings}
 
 
 @hookimpl
@@ -443,8 +402,8 @@ class ResilientPool:
                            database=pool_kwargs.get("database"))
         if breaker is None:
             call = _call(target, "connect")
-            breaker = select_breaker(call) or _registry.get(destination_name(call)) or \
-                _registry.get_or_create(destination_name(call), CircuitBreakerConfig.preset("database"))
+            breaker = select_breaker(call) or registry.get(destination_name(call)) or \
+                registry.get_or_create(destination_name(call), CircuitBreakerConfig.preset("database"))
         pool = asyncpg.create_pool(dsn, **pool_kwargs)
 
         async def start() -> asyncpg.Pool:

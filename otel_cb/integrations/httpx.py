@@ -94,8 +94,9 @@ API
 - ``HTTPCircuitOpenError``: what a refused request raises.
 - ``Selector``: the type of ``selector=``, ``(otel_cb.plugin.Call) -> CircuitBreaker | None``.
 - ``validate_settings(name, section)``: checks ``failure_statuses`` and ``fallback`` of a
-  config section (the config loader calls it).
-- ``otel_cb_patches()``: this plugin's hook, the two transport patches.
+  config section, without importing httpx.
+- ``otel_cb_config_keys()``, ``otel_cb_patches()``: this plugin's hooks (its two
+  config keys; the two transport patches).
 
 Importing this module does not import httpx; the names above load it on first use.
 """
@@ -103,9 +104,10 @@ Importing this module does not import httpx; the names above load it on first us
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..plugin import Patch, hookimpl
+from ..plugin import Patch, SectionValidator, hookimpl
 from ._http_policy import validate_settings
 
 if TYPE_CHECKING:
@@ -121,6 +123,7 @@ __all__ = [
     "CircuitBreakerTransport",
     "HTTPCircuitOpenError",
     "Selector",
+    "otel_cb_config_keys",
     "otel_cb_patches",
     "validate_settings",
 ]
@@ -153,6 +156,12 @@ def _handle_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
 def _handle_async_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # Returns the coroutine for httpx to await.
     return (_machinery or _load()).patched_handle_async_request(wrapped, instance, args, kwargs)
+
+
+@hookimpl
+def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
+    """The breaker-section keys of the httpx integration, checked without importing httpx."""
+    return {"failure_statuses": validate_settings, "fallback": validate_settings}
 
 
 @hookimpl

@@ -42,7 +42,8 @@ Importing this module does not import redis; constructing a backend does.
 
 from __future__ import annotations
 
-from ._config import from_config, validate_settings
+from ._backends import from_config
+from ._config import validate_settings
 from ._redis import RedisSharedState, running_locally
 
 __all__ = ["RedisSharedState", "from_config", "running_locally", "validate_settings"]

@@ -1,57 +1,29 @@
-"""The ``shared_state:`` configuration section: validation, and one backend per setting.
+"""The ``shared_state:`` configuration section: its validation, without connecting or importing redis.
 
-``from_config`` is the door the configuration-file loader uses; it hands out
-one ``RedisSharedState`` per distinct setting, so every breaker configured
-with the same Redis and namespace shares one connection pool and one pair of
-threads. Errors name the field, the value (credentials masked) and what is
-allowed.
+``_backends.from_config`` turns a validated section into a backend. Errors
+name the field, the value (credentials masked by ``otel_cb._redact``) and what
+is allowed, every problem of a section at once.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._config import parse_duration
+from .._problems import Problems, unknown_key
+from .._redact import shown
 
-if TYPE_CHECKING:
-    from ._redis import RedisSharedState
-
-__all__ = ["check_settings", "from_config", "validate_settings", "FIELDS"]
+__all__ = ["check_settings", "validate_settings", "FIELDS"]
 
 FIELDS = ("backend", "url", "namespace", "timeout", "flush_interval", "sync_interval", "probe_lease",
           "retry_interval")
 _DURATIONS = FIELDS[3:]
 _SCHEMES = ("redis", "rediss", "unix")
+_MAX_DURATION = 3600.0
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_instances: dict[tuple[Any, ...], RedisSharedState] = {}
-_instances_lock = threading.Lock()
-
-
-def from_config(mapping: Mapping[str, Any]) -> RedisSharedState:
-    """Validate a ``shared_state:`` section and return the backend for it.
-
-    The section is ``{backend: redis, url: redis://host:6379/0, namespace: name}``
-    plus, optionally, ``timeout``, ``flush_interval``, ``sync_interval``,
-    ``probe_lease`` and ``retry_interval`` (seconds, or strings such as
-    ``"50ms"``). Equal sections return the same ``RedisSharedState``; call
-    ``attach(breaker)`` on it for each breaker the section applies to.
-
-    Raises:
-        ValueError: naming the field, the value and what is allowed.
-    """
-    url, namespace, durations = _parse(mapping)
-    key = (url, namespace, *sorted(durations.items()))
-    with _instances_lock:
-        instance = _instances.get(key)
-        if instance is None or instance._closed:
-            from ._redis import RedisSharedState
-
-            instance = _instances[key] = RedisSharedState(url, namespace=namespace, client=None, **durations)
-        return instance
 
 
 def validate_settings(name: str, section: Mapping[str, Any]) -> None:
@@ -67,43 +39,64 @@ def validate_settings(name: str, section: Mapping[str, Any]) -> None:
 
 def _parse(mapping: object) -> tuple[str, str, dict[str, float]]:
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"shared_state: {mapping!r} is not allowed; use a mapping with backend, url and namespace")
-    unknown = sorted(str(key) for key in mapping if key not in FIELDS)
-    if unknown:
-        raise ValueError(f"shared_state.{unknown[0]}: unknown field; allowed: {', '.join(FIELDS)}")
+        raise ValueError(f"shared_state: {shown(mapping)} is not allowed; use a mapping with backend, url and "
+                         "namespace")
+    errors: list[ValueError] = []
+    for key in mapping:
+        if key not in FIELDS:
+            label = key[:100] if isinstance(key, str) else shown(key)
+            errors.append(ValueError(f"shared_state.{label}: {unknown_key(key, mapping[key], FIELDS, 'field')}"))
     backend = mapping.get("backend")
     if backend != "redis":
-        raise ValueError(f"shared_state.backend: {backend!r} is not allowed; use 'redis'")
+        errors.append(ValueError(f"shared_state.backend: {shown(backend)} is not allowed; use 'redis'"))
     if "url" not in mapping:
-        raise ValueError("shared_state.url: missing; use a redis://, rediss:// or unix:// URL")
-    url = mapping["url"]
+        errors.append(ValueError("shared_state.url: missing; use a redis://, rediss:// or unix:// URL"))
+    url = mapping.get("url")
     namespace = mapping.get("namespace", "default")
-    durations = {name: parse_duration(f"shared_state.{name}", mapping[name]) for name in _DURATIONS if name in mapping}
-    check_settings(url=url, namespace=namespace, has_client=False, **durations)
+    durations: dict[str, float] = {}
+    for name in _DURATIONS:
+        if name in mapping:
+            try:
+                durations[name] = parse_duration(f"shared_state.{name}", mapping[name], maximum=_MAX_DURATION)
+            except ValueError as exc:
+                errors.append(exc)
+    try:
+        check_settings(url=url if "url" in mapping else "redis://", namespace=namespace, has_client=False,
+                       **durations)
+    except ValueError as exc:
+        errors.append(exc)
+    Problems.raise_if_any(errors)
+    assert isinstance(url, str) and isinstance(namespace, str)
     return url, namespace, durations
 
 
 def check_settings(*, url: object, namespace: object, has_client: bool, **durations: object) -> None:
-    """Raise ``ValueError`` naming the first bad setting of a ``RedisSharedState``."""
+    """Raise ``ValueError`` naming every bad setting of a ``RedisSharedState`` (``Problems`` for several)."""
+    errors: list[ValueError] = []
     if not has_client:
-        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
-            raise ValueError(f"shared_state.url: {_mask(url)!r} is not allowed; "
-                             "use a redis://, rediss:// or unix:// URL")
+        if not isinstance(url, str) or _scheme(url) not in _SCHEMES:
+            errors.append(ValueError(f"shared_state.url: {shown(url)} is not allowed; "
+                                     "use a redis://, rediss:// or unix:// URL"))
     elif url is not None:
-        raise ValueError(f"shared_state.url: {_mask(url)!r} is not allowed together with client; pass one of them")
+        errors.append(ValueError(f"shared_state.url: {shown(url)} is not allowed together with client; pass one "
+                                 "of them"))
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-        raise ValueError(f"shared_state.namespace: {namespace!r} is not allowed; use 1 to 100 letters, digits "
-                         "or any of '_.:-'")
+        errors.append(ValueError(f"shared_state.namespace: {shown(namespace)} is not allowed; use 1 to 100 letters, "
+                                 "digits or any of '_.:-'"))
     for name, value in durations.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600:
-            raise ValueError(f"shared_state.{name}: {value!r} is not allowed; use a duration above 0 and below 1h")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _MAX_DURATION:
+            errors.append(ValueError(f"shared_state.{name}: {shown(value)} is not allowed; use a duration above 0 "
+                                     "and below 1h"))
+    Problems.raise_if_any(errors)
 
 
-def _mask(url: object) -> object:
-    """The URL with any user name and password replaced, for error messages."""
-    if not isinstance(url, str):
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+def _scheme(url: str) -> str | None:
+    """The URL's scheme, or None when it is not a URL ``redis`` could parse (``redis://[::1``)."""
+    if len(url) > 2000:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return None
+    return parts.scheme

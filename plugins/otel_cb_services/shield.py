@@ -8,8 +8,9 @@ over 5 calls in 30 s, 10 s open doubling up to 120 s, 5 probe successes).
 
 Shield fails closed. No fallback may answer for Shield as if it had scanned:
 this plugin answers every ``otel_cb_fallback`` for a Shield call first
-(``tryfirst``), with a ``NotScanned`` refusal, so no other plugin can slip a made-up
-verdict in; ``ShieldClient`` accepts nothing but a ``SecurityVerdict`` for the
+(``tryfirst``), with ``Refusal(NotScanned(error))``, so no other plugin can slip a
+made-up verdict in, and the breaker counts the answer as a ``refused`` fallback,
+never as a successful one; ``ShieldClient`` accepts nothing but a ``SecurityVerdict`` for the
 event it asked about, and turns everything else (``NotScanned``, an open
 breaker, a failed call) into ``ShieldUnavailableError``, whose message says
 the event was NOT scanned.
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from otel_cb.plugin import Call, hookimpl
+from otel_cb.plugin import Call, Refusal, hookimpl
 
 from ._routing import env_target
 
@@ -54,9 +55,9 @@ class NotScanned:
 
 
 @hookimpl(tryfirst=True)
-def otel_cb_fallback(call: Call, error: BaseException) -> object | None:
+def otel_cb_fallback(call: Call, error: BaseException) -> Refusal[NotScanned] | None:
     if _is_shield(call):
-        return NotScanned(error)
+        return Refusal(NotScanned(error))
     return None
 
 

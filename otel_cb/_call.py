@@ -1,0 +1,90 @@
+"""The plain data of the plugin API: a call, a patch, a refusal, a section validator.
+
+Imports nothing of otel-cb and no third-party library, so the hook specs,
+the plugin manager and the integrations can all import it; users get these
+names from :mod:`otel_cb.plugin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+__all__ = ["Call", "CallKind", "Patch", "Refusal", "SectionValidator", "Wrapper"]
+
+T = TypeVar("T")
+
+CallKind = Literal["http", "grpc", "db"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+SectionValidator = Callable[[str, Mapping[str, Any]], None]
+"""``validate(breaker_name, {key: value})``: raises ``ValueError`` whose message starts with the field
+(``"fallback.ttl: '0s' is not allowed; use a positive duration"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One outgoing call, as routing, classification and fallback hooks see it.
+
+    Routing is memoised per ``(kind, target, service, method)``: an
+    ``otel_cb_select_breaker`` hook must decide from those four fields only.
+
+    Attributes:
+        kind: ``"http"``, ``"grpc"`` or ``"db"``.
+        target: Where the call goes, never with credentials, path or query:
+            HTTP ``"scheme://host:port"``, gRPC the channel target
+            ``"host:port"``, database ``"host:port/dbname"``.
+        method: HTTP ``"GET"``; gRPC ``"/pkg.Service/Method"``; database
+            ``"fetch"``, ``"execute"``, ``"connect"``, ``"acquire"``...
+        service: gRPC ``"pkg.Service"``; empty otherwise.
+        url: HTTP only: the URL without userinfo, for routing decisions and
+            fallbacks. It may hold a path and a query, so it never goes into
+            breaker names, span attributes, metric labels or logs.
+        request: The client's own request object when there is one
+            (``httpx.Request``, a gRPC request message), else None.
+    """
+
+    kind: CallKind
+    target: str
+    method: str = ""
+    service: str = ""
+    url: str = ""
+    request: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """One wrapt patch that the engine applies when ``module`` is imported (or at once).
+
+    Attributes:
+        module: The module to patch, e.g. ``"httpx"``.
+        target: Dotted path inside the module, e.g. ``"HTTPTransport.handle_request"``.
+        wrapper: A wrapt wrapper, ``wrapper(wrapped, instance, args, kwargs)``.
+            It must call ``wrapped(*args, **kwargs)`` for every call it does
+            not protect, so an unprotected call behaves exactly as without it.
+        integration: The integration or plugin name that ``--disable`` and
+            ``OTEL_CB_DISABLED`` use, e.g. ``"httpx"``.
+    """
+
+    module: str
+    target: str
+    wrapper: Wrapper
+    integration: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal(Generic[T]):
+    """What an ``otel_cb_fallback`` hook returns to fail closed: ``value`` is served, counted as ``refused``.
+
+    The caller gets ``value`` (it must be what the client would return, as for
+    any fallback), but the breaker's ``snapshot().fallbacks`` and the
+    ``circuit_breaker.fallbacks`` metric count it as ``"refused"``, not as a
+    successful substitute. Shield's ``NotScanned`` answer is one.
+
+    Attributes:
+        value: What the caller receives instead of the error.
+    """
+
+    value: T
