@@ -12,6 +12,7 @@ see every breaker; listeners belong to one breaker (``CircuitBreaker.add_listene
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -47,6 +48,14 @@ live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 observers: tuple[Any, ...] = ()
 _lock = threading.Lock()
 _already_logged: set[tuple[int, str]] = set()
+
+
+def _renew_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def add_observer(observer: object) -> None:

@@ -20,6 +20,7 @@ skipped with a warning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _MAX_LOGGED = 10_000
 _logged: set[Hashable] = set()
 _logged_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_logged_lock=threading.Lock()))  # held at a fork
 
 
 def log_once(key: Hashable, message: str, *args: object, exc_info: bool = False) -> None:

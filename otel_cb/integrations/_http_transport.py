@@ -99,7 +99,7 @@ def describe(request: httpx.Request) -> Call:
 
 def _parse(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
     # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
-    return parse_settings(breaker.name, section, clock=breaker._clock)
+    return parse_settings(breaker.name, section, clock=breaker.clock)
 
 
 def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
@@ -129,7 +129,7 @@ class _Router:
         self._statuses = None if failure_statuses is None else \
             parse_failure_statuses("failure_statuses", failure_statuses)
         self._fallback = None if fallback_config is None else parse_fallback(
-            "fallback", fallback_config, **({"clock": breaker._clock} if breaker is not None else {}))
+            "fallback", fallback_config, **({"clock": breaker.clock} if breaker is not None else {}))
 
     def prepare(self, request: httpx.Request) -> _Exchange | None:
         """The exchange for ``request``, or None when no breaker protects it."""
