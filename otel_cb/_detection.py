@@ -1,19 +1,18 @@
-"""Failure detection in the closed state: when do failures say the dependency is down?
+"""Adaptive failure detection for the closed state: do these failures say the dependency is down?
 
-Two detectors with one interface; ``CircuitBreakerConfig.adaptive`` chooses.
-Both are pure (no clock, no I/O, no lock: the breaker calls them under its
-own lock) and see only failures. A success costs them nothing: the caller
-keeps a running count of successes anyway and passes it with each failure,
-and the detector reads how many successes came in between from the
-difference. Each failure is O(1) and allocates no container.
+``AdaptiveDetector`` is the ``failure_threshold`` rule when
+``CircuitBreakerConfig.adaptive`` is on (the default); with it off the closed
+state keeps the classic rule itself (``failure_threshold`` failures with no
+success in between). The detector is pure (no clock, no I/O, no lock: the
+closed state calls it under the breaker's lock) and sees only failures. A
+success costs it nothing: the breaker keeps a running count of successes
+anyway and passes it with each failure, and the detector reads how many
+successes came in between from the difference. Each failure is O(1) and
+allocates no container.
 
-``ConsecutiveFailures`` is the classic rule: ``failure_threshold`` failures
-with no success in between trip the breaker.
-
-``AdaptiveDetector`` learns the failure rate the dependency shows while
-healthy (its baseline) and trips on evidence that the current rate is far
-above it. It is a Bernoulli CUSUM (Page's cumulative-sum test) against that
-baseline:
+It learns the failure rate the dependency shows while healthy (its baseline)
+and trips on evidence that the current rate is far above it. It is a
+Bernoulli CUSUM (Page's cumulative-sum test) against that baseline:
 
 - ``p0`` is a cautious upper bound of the baseline failure rate and
   ``p1 = (1 + p0) / 2`` the rate of a dependency that is failing: halfway
@@ -33,93 +32,61 @@ baseline:
   is rarer still: none in 20 M calls at 5 %, 10 % or 20 % random failures.
   ``failure_threshold`` is thus still the knob: a lower one trips on less
   evidence, a higher one asks for more.
-- For a clean dependency (``p0`` at most 1 %) ``K = failure_threshold``:
-  five failures in a row trip, as with the classic rule; a success in between
-  takes away only ``r`` (0.12 to 0.17), so six failures in seven trip too.
-  For a dependency that always fails 10 % of calls ``p0`` is about 0.12,
-  ``K`` about 12.5 and ``r`` about 0.43: noise never reaches the threshold,
-  while a dead dependency trips in 13 calls and a 60 % brownout, whose score
-  climbs by 0.6 - 0.4 r = 0.43 per call, in about 30. The score drifts
-  upwards, and so eventually trips, whenever the failure rate exceeds
-  ``r / (1 + r)``: 11 to 15 % for a clean dependency, 30 % for a 10 % one.
+- ``p0`` is floored at ``CLEAN_RATE``: every dependency at most that noisy
+  is clean, with ``K = failure_threshold``: five failures in a row trip, as
+  with the classic rule, and a success in between takes away only
+  ``r = 0.177``, so six failures in seven trip too. For a dependency that
+  always fails 10 % of calls ``p0`` is about 0.12, ``K`` about 12.5 and ``r``
+  about 0.43: noise never reaches the threshold, while a dead dependency
+  trips in 13 calls and a 60 % brownout, whose score climbs by
+  0.6 - 0.4 r = 0.43 per call, in about 30. The score drifts upwards, and so
+  eventually trips, whenever the failure rate exceeds ``r / (1 + r)``: 15 %
+  for a clean dependency, 30 % for a 10 % one. A rate below that is learnt
+  as the new normal within a few ``MEMORY`` calls.
 
 The baseline is an exponentially discounted count of failures ``F`` among
 ``N`` outcomes with a memory of ``MEMORY`` outcomes (each outcome's weight
-shrinks by ``1 - 1/MEMORY`` per later outcome), started from a prior of
-``PRIOR_CALLS`` outcomes at ``PRIOR_RATE``:
-``p = (F + PRIOR_RATE * PRIOR_CALLS) / (N + PRIOR_CALLS)``, and
-``p0 = p + Z * sqrt(p (1 - p) / (N + PRIOR_CALLS))``, floored at ``MIN_RATE``.
-A new breaker is therefore cautious (``p0`` about 0.08: ``K`` about 10) and
-reaches ``K = failure_threshold`` after about 160 clean calls. Only
-outcomes that turned out normal are learnt: the outcomes of an excursion (the
-score rising above 0 until it falls back to 0) are held back, learnt when it
-ends at 0 and dropped when it trips, so an outage or a brownout never teaches
-the detector that failing is normal.
+shrinks by ``1 - 1/MEMORY`` per later outcome; calls, not seconds):
+``p = F / N`` and ``p0 = p + Z * sqrt(p (1 - p) / N)``, floored at
+``CLEAN_RATE``. It starts from ``PRIOR_CALLS`` clean-looking outcomes
+(``PRIOR_RATE``), which age out like real ones. Until it has learnt
+``WARM_UP`` outcomes it applies the classic rule (``K = failure_threshold``,
+and a success ends a run of failures: ``r`` is infinite), so a new breaker
+behaves exactly as it always did; from then on ``K`` and ``r`` follow the
+baseline, learnt from the first outcome on.
+
+Only outcomes that turned out normal are learnt: the outcomes of an excursion
+(the score rising above 0 until it falls back to 0) are held back, learnt
+when it ends at 0 and dropped when it trips, so an outage or a brownout never
+teaches the detector that failing is normal.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
-__all__ = ["AdaptiveDetector", "ConsecutiveFailures", "FailureDetector", "new_detector"]
+__all__ = ["AdaptiveDetector"]
 
 CLEAN_RATE = 0.01
 MEMORY = 1000.0
-PRIOR_RATE = 0.02
-PRIOR_CALLS = 20.0
+PRIOR_RATE = 0.0015
+PRIOR_CALLS = 150.0
+WARM_UP = 50
 Z = 2.0
-MIN_RATE = 1e-4
 
 _KEEP = math.log1p(-1.0 / MEMORY)  # log of the weight one outcome keeps per later outcome
-
-
-class FailureDetector(Protocol):
-    """What the closed state asks of a detector."""
-
-    def restart(self, successes: int) -> None:
-        """The breaker (re)enters closed: start a new score; ``successes`` is the
-        caller's running success count now."""
-
-    def failure(self, successes: int) -> bool:
-        """One failure, after the successes counted up to ``successes`` (the
-        caller's running total); True when the breaker should open."""
-
-
-class ConsecutiveFailures:
-    """The classic rule: ``threshold`` failures with no success in between."""
-
-    __slots__ = ("_threshold", "_run", "_seen")
-
-    def __init__(self, threshold: int) -> None:
-        self._threshold = threshold
-        self._run = 0
-        self._seen = 0
-
-    def restart(self, successes: int) -> None:
-        self._run = 0
-        self._seen = successes
-
-    def failure(self, successes: int) -> bool:
-        if successes != self._seen:
-            self._seen = successes
-            self._run = 0
-        self._run += 1
-        if self._run >= self._threshold:
-            self._run = 0
-            return True
-        return False
 
 
 class AdaptiveDetector:
     """A CUSUM against a learnt baseline failure rate (see the module docstring).
 
-    Attributes read by snapshots and tests: ``baseline`` (the learnt rate,
-    prior included), ``bound`` (``p0``), ``limit`` (``K``) and ``score`` (``s``).
+    Attributes read by snapshots and tests: ``baseline`` (the learnt rate
+    ``p``), ``bound`` (``p0``), ``limit`` (``K``), ``step`` (``r``) and
+    ``score`` (``s``).
     """
 
     __slots__ = ("_threshold", "_evidence", "_seen", "score", "_held_failures", "_held_calls",
-                 "_failures", "_calls", "baseline", "bound", "limit", "_step")
+                 "_failures", "_calls", "_learnt", "baseline", "bound", "limit", "step")
 
     def __init__(self, threshold: int) -> None:
         self._threshold = threshold
@@ -129,25 +96,31 @@ class AdaptiveDetector:
         self.score = 0.0
         self._held_failures = 0
         self._held_calls = 0
-        self._failures = 0.0
-        self._calls = 0.0
+        self._failures = PRIOR_RATE * PRIOR_CALLS
+        self._calls = PRIOR_CALLS
+        self._learnt = 0  # outcomes learnt so far (not discounted), for the warm-up
         self.baseline = PRIOR_RATE
         self.bound = PRIOR_RATE
         self.limit = float(threshold)
-        self._step = 0.0  # r: what one success takes off the score
+        self.step = math.inf
         self._derive()
 
     def restart(self, successes: int) -> None:
+        """The breaker (re)enters closed: a new score, the baseline kept.
+        ``successes`` is the caller's running success count now."""
         self._seen = successes
         self.score = 0.0
         self._held_failures = self._held_calls = 0
 
     def failure(self, successes: int) -> bool:
+        """One failure, after the successes counted up to ``successes`` (the
+        caller's running total); True when the breaker should open."""
         between = successes - self._seen
         self._seen = successes
         score = self.score
         if score > 0.0:
-            score -= between * self._step
+            if between:
+                score -= between * self.step
             if score > 0.0:  # the excursion goes on: hold its outcomes back
                 self._held_failures += 1
                 self._held_calls += between + 1
@@ -178,21 +151,18 @@ class AdaptiveDetector:
             self._failures = self._failures * keep + failures * added / calls
         else:
             self._failures *= keep
+        self._learnt += calls
         self._derive()
 
     def _derive(self) -> None:
-        weight = self._calls + PRIOR_CALLS
-        rate = (self._failures + PRIOR_RATE * PRIOR_CALLS) / weight
+        weight = self._calls
+        rate = self._failures / weight
         self.baseline = rate
-        p0 = max(MIN_RATE, rate + Z * math.sqrt(rate * (1.0 - rate) / weight))
-        p0 = min(p0, 0.99)
+        p0 = min(0.99, max(CLEAN_RATE, rate + Z * math.sqrt(rate * (1.0 - rate) / weight)))
+        self.bound = p0
+        if self._learnt < WARM_UP:  # the classic rule until then: see the module docstring
+            return
         p1 = (1.0 + p0) / 2.0
         up = math.log(p1 / p0)
-        self.bound = p0
-        self._step = math.log((1.0 - p0) / (1.0 - p1)) / up
+        self.step = math.log((1.0 - p0) / (1.0 - p1)) / up
         self.limit = max(float(self._threshold), self._evidence / up)
-
-
-def new_detector(threshold: int, *, adaptive: bool) -> FailureDetector:
-    """The detector for a closed state with ``failure_threshold = threshold``."""
-    return AdaptiveDetector(threshold) if adaptive else ConsecutiveFailures(threshold)

@@ -140,7 +140,7 @@ class Monitored(Protocol):
     @property
     def name(self) -> str: ...
 
-    def wants_health_checks(self) -> float | None:
+    def _wants_health_checks(self) -> float | None:
         """Seconds between background checks while the breaker wants them, else None."""
 
     def check_health_async(self) -> Awaitable[bool]:
@@ -279,7 +279,7 @@ class HealthMonitor:
         """A check of ``breaker`` ended: schedule the next one, or drop it if it no longer asks."""
         from . import _observers
 
-        interval = _observers.call_safely(breaker.wants_health_checks, "health check schedule")
+        interval = _observers.call_safely(breaker._wants_health_checks, "health check schedule")
         with self._lock:
             entry = self._entries.get(id(breaker))
             if entry is None or entry.ref() is not breaker:

@@ -1,8 +1,9 @@
-"""Failure detectors of the closed state (`otel_cb._detection`), on seeded outcome streams.
+"""Adaptive failure detection (`otel_cb._detection`, the closed state's `failure_threshold` rule).
 
-Streams are drawn as the number of successes before each failure (geometric
-gaps), which is also how a detector sees them, so a million calls take a
-fraction of a second.
+The detector alone runs on seeded outcome streams drawn as the number of
+successes before each failure (geometric gaps), which is also how it sees
+them, so a million calls take a fraction of a second; breakers run shorter
+streams, call by call, on the fake clock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from otel_cb._detection import AdaptiveDetector, ConsecutiveFailures, new_detector
+from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
+from otel_cb._detection import WARM_UP, AdaptiveDetector
+
+from .conftest import FakeClock
 
 
 def gaps(rng: random.Random, rate: float, calls: int) -> Iterator[int]:
@@ -31,7 +35,7 @@ def gaps(rng: random.Random, rate: float, calls: int) -> Iterator[int]:
 class Stream:
     """Feeds a detector the way the closed state does: a running success count."""
 
-    def __init__(self, detector: AdaptiveDetector | ConsecutiveFailures) -> None:
+    def __init__(self, detector: AdaptiveDetector) -> None:
         self.detector = detector
         self.successes = 0
         self.trips = 0
@@ -68,13 +72,6 @@ def test_no_false_trip_in_a_million_calls_of_random_noise(rate: float, seed: int
     assert abs(stream.detector.baseline - rate) < rate / 3  # and it learnt the rate
 
 
-def test_the_classic_rule_does_trip_on_the_same_noise() -> None:
-    # What the adaptive detector is for: the same stream trips the classic rule often.
-    stream = Stream(ConsecutiveFailures(5))
-    stream.noise(random.Random(1), 0.10, 1_000_000)
-    assert stream.trips > 3
-
-
 @pytest.mark.parametrize("threshold", [3, 5, 10])
 def test_a_clean_dependency_that_dies_trips_after_failure_threshold_failures(threshold: int) -> None:
     stream = Stream(AdaptiveDetector(threshold))
@@ -85,13 +82,25 @@ def test_a_clean_dependency_that_dies_trips_after_failure_threshold_failures(thr
     assert stream.detector.limit == threshold
 
 
-def test_a_new_breaker_is_cautious_and_learns_a_clean_baseline_within_a_few_hundred_calls() -> None:
-    detector = AdaptiveDetector(5)
-    assert detector.limit > 8
-    stream = Stream(detector)
-    stream.succeed(300)
-    assert not stream.fail()  # the first failure ends the learning of 300 clean calls
-    assert detector.limit == 5
+def test_a_new_detector_is_the_classic_rule_until_warmed_up() -> None:
+    stream = Stream(AdaptiveDetector(5))
+    assert stream.detector.limit == 5
+    for _ in range(3):  # four failures and a success, again and again: never five in a row
+        assert [stream.fail() for _ in range(4)] == [False] * 4
+        stream.succeed()
+    assert stream.trips == 0 and stream.detector.limit == 5
+    stream.succeed(WARM_UP)
+    stream.fail()
+    assert stream.detector.limit > 8  # warmed up, on what it learnt: 13 failures in about 115 calls
+
+
+def test_a_success_takes_off_only_r_from_a_run_of_failures() -> None:
+    stream = Stream(AdaptiveDetector(5))
+    stream.succeed(1_000)
+    assert [stream.fail() for _ in range(4)] == [False] * 4
+    stream.succeed()
+    assert stream.detector.step == pytest.approx(0.177, abs=0.001)
+    assert [stream.fail(), stream.fail()] == [False, True]  # six failures in seven
 
 
 @pytest.mark.parametrize("seed", range(100))
@@ -112,7 +121,8 @@ def test_a_noisy_dependency_still_trips_when_it_dies_or_browns_out(seed: int) ->
     stream.succeed(rng.randrange(20))
     limit = stream.detector.limit
     assert 10 < limit < 15
-    assert stream.calls_to_trip(rng, 1.0) <= math.ceil(limit)
+    # The first failure learns the successes before it, which may raise the limit a little.
+    assert stream.calls_to_trip(rng, 1.0) <= math.ceil(limit) + 1
     stream.detector.restart(stream.successes)
     assert stream.calls_to_trip(rng, 0.6) <= 120
 
@@ -148,7 +158,7 @@ def test_successes_counted_in_bulk_score_as_one_at_a_time() -> None:
     detector = stream.detector
     score = detector.score
     for _ in range(20_000):
-        step, limit = detector._step, detector.limit
+        step, limit = detector.step, detector.limit
         if rng.random() < 0.05:
             tripped = stream.fail()
             score += 1.0
@@ -166,24 +176,75 @@ def test_the_documented_figures() -> None:
     clean.succeed(100_000)
     clean.fail()
     assert clean.detector.limit == 5
-    assert 0.1 < clean.detector._step < 0.2
+    assert clean.detector.bound == 0.01 and clean.detector.step == pytest.approx(0.177, abs=0.001)
     noisy = Stream(AdaptiveDetector(5))
     noisy.noise(random.Random(6), 0.10, 200_000)
     assert 11 < noisy.detector.limit < 14
-    assert 0.4 < noisy.detector._step < 0.5
+    assert 0.4 < noisy.detector.step < 0.5
 
 
-def test_the_classic_rule() -> None:
-    stream = Stream(ConsecutiveFailures(3))
-    assert [stream.fail() for _ in range(3)] == [False, False, True]
-    assert [stream.fail() for _ in range(2)] == [False, False]
-    stream.succeed()
-    assert [stream.fail() for _ in range(3)] == [False, False, True]
-    stream.fail()
-    stream.detector.restart(stream.successes)
-    assert [stream.fail() for _ in range(3)] == [False, False, True]
+# -- through a breaker ---------------------------------------------------------------
 
 
-def test_new_detector_picks_by_the_switch() -> None:
-    assert isinstance(new_detector(5, adaptive=True), AdaptiveDetector)
-    assert isinstance(new_detector(5, adaptive=False), ConsecutiveFailures)
+def drive(breaker: CircuitBreaker, clock: FakeClock, fails: list[bool]) -> int:
+    """One call per outcome, 10 ms apart; returns the trips (closed -> open)."""
+    trips = 0
+
+    def call(failing: bool) -> None:
+        if failing:
+            raise ConnectionError
+    for failing in fails:
+        clock.advance(0.01)
+        before = breaker.state
+        try:
+            breaker.call(call, failing)
+        except (ConnectionError, CircuitOpenError):
+            pass
+        trips += before is CircuitState.CLOSED and breaker.state is CircuitState.OPEN
+    return trips
+
+
+def noise(seed: int, rate: float, calls: int) -> list[bool]:
+    rng = random.Random(seed)
+    return [rng.random() < rate for _ in range(calls)]
+
+
+def test_the_default_breaker_rides_out_noise_the_classic_rule_trips_on(clock: FakeClock) -> None:
+    outcomes = noise(7, 0.10, 200_000)
+    # No rate rule: the rule under test alone (the window's 50 % never fires at 10 % anyway).
+    adaptive = CircuitBreaker("adaptive", CircuitBreakerConfig(failure_rate_threshold=None), clock=clock)
+    classic = CircuitBreaker("classic", CircuitBreakerConfig(failure_rate_threshold=None, adaptive=False),
+                             clock=clock)
+    assert drive(adaptive, clock, outcomes) == 0
+    assert drive(classic, clock, outcomes) >= 1
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_a_dead_dependency_trips_the_breaker_after_failure_threshold_failures(clock: FakeClock,
+                                                                              adaptive: bool) -> None:
+    breaker = CircuitBreaker("dead", CircuitBreakerConfig(adaptive=adaptive), clock=clock)
+    assert drive(breaker, clock, [False] * 5_000) == 0
+    assert drive(breaker, clock, [True] * 4) == 0
+    assert drive(breaker, clock, [True]) == 1
+    assert breaker.snapshot().consecutive_failures == 0  # reads 0 once open
+
+
+def test_the_baseline_outlives_an_open_stay_and_a_fresh_run_starts_on_close(clock: FakeClock) -> None:
+    config = CircuitBreakerConfig(failure_rate_threshold=None, open_timeout=1.0, success_threshold=1)
+    breaker = CircuitBreaker("noisy", config, clock=clock)
+    drive(breaker, clock, noise(8, 0.10, 20_000))
+    detector = breaker._adaptive
+    assert detector is not None and detector.limit > 10
+    learnt = detector.baseline
+    assert drive(breaker, clock, [True] * 20) == 1
+    clock.advance(1.0)
+    drive(breaker, clock, [False])  # the probe closes it
+    assert breaker.state is CircuitState.CLOSED
+    assert abs(detector.baseline - learnt) < 0.002 and detector.score == 0.0  # the 20 failures not learnt
+
+
+def test_failure_threshold_none_switches_the_rule_off(clock: FakeClock) -> None:
+    breaker = CircuitBreaker("off", CircuitBreakerConfig(failure_threshold=None, failure_rate_threshold=None),
+                             clock=clock)
+    assert breaker._adaptive is None
+    assert drive(breaker, clock, [True] * 1000) == 0

@@ -37,7 +37,7 @@ class StandIn:
         self.threads: set[str] = set()
         self.done = threading.Event()
 
-    def wants_health_checks(self) -> float | None:
+    def _wants_health_checks(self) -> float | None:
         return self.interval if self.checked < self.wanted else None
 
     async def check_health_async(self) -> bool:
@@ -98,7 +98,7 @@ def test_a_breaker_that_stops_asking_or_is_gone_leaves_the_schedule(clock: FakeC
 def test_a_breaker_whose_schedule_raises_is_dropped_and_logged(clock: FakeClock,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     class Broken(StandIn):
-        def wants_health_checks(self) -> float | None:
+        def _wants_health_checks(self) -> float | None:
             raise RuntimeError("broken")
 
     scheduler = HealthMonitor(clock=clock, rand=lambda: 0.5)
@@ -258,7 +258,7 @@ def test_the_process_exits_at_once_with_checks_hanging() -> None:
         "from otel_cb._health import monitor, run_check\n"
         "class Stuck:\n"
         "    name = 'stuck'\n"
-        "    def wants_health_checks(self): return 0.001\n"
+        "    def _wants_health_checks(self): return 0.001\n"
         "    async def check_health_async(self):\n"
         "        started.set()\n"
         "        await asyncio.Event().wait()\n"
@@ -280,7 +280,8 @@ def test_the_process_exits_at_once_with_checks_hanging() -> None:
 def test_the_monitor_starts_only_when_asked() -> None:
     script = (
         "import threading, otel_cb, otel_cb._health\n"
-        "otel_cb.CircuitBreaker('quiet').call(lambda: 1)\n"
+        "quiet = otel_cb.CircuitBreaker('quiet')\n"
+        "quiet.call(lambda: 1)\n"
         "assert not otel_cb._health.monitor.running\n"
         "assert not [t for t in threading.enumerate() if t.name == 'otel-cb health monitor']\n"
     )
