@@ -244,29 +244,53 @@ def _interlock(clock: Clock) -> Subject:
     return Subject("interlock-cb", breaker.call, trips)
 
 
-def _otel_cb(name: str, **overrides: Any) -> Callable[[Clock], Subject]:
-    def build(clock: Clock) -> Subject:
+def _otel_cb(name: str, check: str | None = None, **overrides: Any) -> Builder:
+    """otel-cb's default config with ``overrides``; ``check``: ``"deep"`` (fails while the
+    dependency fails: one more request to it) or ``"shallow"`` (always says healthy)."""
+
+    def build(clock: Clock, trace: Trace) -> Subject:
         from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitState
 
-        breaker = CircuitBreaker("bench", CircuitBreakerConfig(open_timeout=OPEN_TIMEOUT, **overrides), clock=clock)
+        config = CircuitBreakerConfig(open_timeout=OPEN_TIMEOUT, health_check_interval=None, **overrides)
+        health: Callable[[], bool] | None = None
+        if check == "deep":
+            rng = random.Random(trace.seed * 7919 + 1)  # its own draws: the call trace stays the same
+            health = lambda: rng.random() >= trace.rate_at(clock.now)  # noqa: E731
+        elif check == "shallow":
+            health = lambda: True  # noqa: E731
+        breaker = CircuitBreaker("bench", config, clock=clock, health_check=health)
         trips: list[float] = []
 
         def trip(event: Any) -> None:
             if event.previous_state is CircuitState.CLOSED and event.state is CircuitState.OPEN:
                 trips.append(event.timestamp)
 
+        def tick() -> None:  # what the background monitor does, once a simulated second
+            if breaker.state is CircuitState.OPEN:
+                breaker.check_health()
+
+        def call(dependency: Dependency) -> None:
+            # Looked up per call: ``breaker.call`` is a stand-in until the first call builds the guard.
+            breaker.call(dependency)
+
         breaker.add_listener(trip)
-        return Subject(name, breaker.call, trips)
+        return Subject(name, call, trips, tick=tick if health is not None else None)
 
     return build
 
 
-SUBJECTS: list[Callable[[Clock], Subject]] = [
-    _pybreaker,
-    _circuitbreaker,
-    _interlock,
+Builder = Callable[[Clock, Trace], Subject]
+
+SUBJECTS: list[Builder] = [
+    lambda clock, trace: _pybreaker(clock),
+    lambda clock, trace: _circuitbreaker(clock),
+    lambda clock, trace: _interlock(clock),
+    _otel_cb("otel-cb classic", adaptive=False),
     _otel_cb("otel-cb"),
+    _otel_cb("otel-cb + health check", check="deep"),
 ]
+SHALLOW = _otel_cb("otel-cb + shallow check", check="shallow")
+ANCHORS = ("pybreaker", "circuitbreaker", "interlock-cb")
 
 
 # -- running a trace ------------------------------------------------------------------
@@ -282,9 +306,9 @@ class Run:
     trips: list[float]
 
 
-def simulate(build: Callable[[Clock], Subject], trace: Trace) -> Run:
+def simulate(build: Builder, trace: Trace) -> Run:
     clock = Clock()
-    subject = build(clock)
+    subject = build(clock, trace)
     dependency = Dependency()
     admitted = bytearray(trace.calls)
     fails = trace.fails
@@ -375,17 +399,24 @@ def scenarios(settings: Settings) -> dict[str, Trace]:
     }
 
 
-def measure(settings: Settings, subjects: list[Callable[[Clock], Subject]] | None = None,
+def measure(settings: Settings, subjects: list[Builder] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Figures]]:
     """Figures by scenario, then by subject name."""
     figures: dict[str, dict[str, Figures]] = {}
-    for scenario, trace in scenarios(settings).items():
+    traces = scenarios(settings)
+    for scenario, trace in traces.items():
         if progress is not None:
             progress(scenario)
         figures[scenario] = {}
         for build in subjects or SUBJECTS:
             run = simulate(build, trace)
             figures[scenario][run.subject] = episode_figures(run)
+    if progress is not None:
+        progress("shallow health check")
+    figures["shallow health check"] = {
+        "otel-cb": figures["outage"]["otel-cb"],
+        "otel-cb + shallow check": episode_figures(simulate(SHALLOW, traces["outage"])),
+    }
     return figures
 
 
@@ -416,6 +447,15 @@ def table(figures: dict[str, dict[str, Figures]], settings: Settings) -> str:
         label = label.replace("1 M calls", f"{settings.noise_calls:,} calls") if settings.noise_calls != 1_000_000 \
             else label
         rows.append(f"| {label} | " + " | ".join(cell(figures[scenario][name]) for name in names) + " |")
+    shallow = figures["shallow health check"]
+    rows += ["", "| shallow health check (says healthy while the dependency is dead) | otel-cb, timed probing "
+             "| otel-cb + shallow check |", "|---|---|---|"]
+    for label, cell in (("user calls sent as probes after the trip, per outage", lambda f: _number(f.probes)),
+                        ("recovery lag, s", lambda f: _number(f.recovery_lag))):
+        rows.append(f"| {label} | {cell(shallow['otel-cb'])} | {cell(shallow['otel-cb + shallow check'])} |")
+    rows += ["", "| target | otel-cb | limit | |", "|---|---|---|---|"]
+    rows += [f"| {label} | {value} | {limit} | {'met' if ok else 'missed'} |"
+             for label, value, limit, ok in targets(figures)]
     rows.append("")
     rows.append(
         f"Seed {settings.seed}: {settings.outages} outages and {settings.outages} brownouts at 100 calls/s, "
@@ -423,6 +463,32 @@ def table(figures: dict[str, dict[str, Figures]], settings: Settings) -> str:
         f"open timeout {OPEN_TIMEOUT:.0f} s everywhere."
     )
     return "\n".join(rows)
+
+
+def targets(figures: dict[str, dict[str, Figures]]) -> list[tuple[str, str, str, bool]]:
+    """The issue's goals: (what, otel-cb's figure, the limit, met)."""
+    outage, brownout = figures["outage"], figures["brownout"]
+    checked, plain = outage["otel-cb + health check"], outage["otel-cb"]
+    best = min(outage[name].let_through for name in ANCHORS)
+    noise = (figures["noise 5 %"]["otel-cb"].trips, figures["noise 10 %"]["otel-cb"].trips)
+    brown = max(brownout["otel-cb"].let_through, brownout["otel-cb + health check"].let_through)
+    shallow = figures["shallow health check"]
+    to_trip = max(checked.time_to_trip or math.inf, plain.time_to_trip or math.inf)
+    return [
+        ("false trips at 5 % / 10 % noise, default config", f"{noise[0]} / {noise[1]}", "0 / 0", noise == (0, 0)),
+        ("clean outage with a health check: calls let through", _number(checked.let_through), "5",
+         checked.let_through <= 5),
+        ("clean outage without: calls let through", _number(plain.let_through), f"{best:.1f} (best anchor)",
+         plain.let_through <= best),
+        ("clean outage: time to trip, s", _number(to_trip, 2), "0.1", to_trip <= 0.1),
+        ("clean outage with a health check: user probes after the trip", _number(checked.probes), "0",
+         checked.probes == 0),
+        ("clean outage with a health check: recovery lag, s", _number(checked.recovery_lag), "2",
+         checked.recovery_lag <= 2),
+        ("brownout: calls let through (worse of with / without a check)", _number(brown), "30", brown <= 30),
+        ("shallow health check: user probes, vs timed probing", _number(shallow["otel-cb + shallow check"].probes),
+         _number(shallow["otel-cb"].probes), shallow["otel-cb + shallow check"].probes <= shallow["otel-cb"].probes),
+    ]
 
 
 def run(quick: bool) -> str:

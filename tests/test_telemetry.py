@@ -319,7 +319,7 @@ def test_instruments_use_scope_otel_cb_with_the_package_version(otel: Otel, cloc
     assert names >= {
         "circuit_breaker.calls", "circuit_breaker.slow_calls", "circuit_breaker.state", "circuit_breaker.transitions",
         "circuit_breaker.failure_rate", "circuit_breaker.slow_call_rate", "circuit_breaker.buffered_calls",
-        "circuit_breaker.fallbacks", "circuit_breaker.time_in_state",
+        "circuit_breaker.fallbacks", "circuit_breaker.time_in_state", "circuit_breaker.health_checks",
     }
 
 
@@ -476,6 +476,7 @@ def test_prometheus_exporter_names(otel: Otel, clock: FakeClock) -> None:
         "circuit_breaker_transitions_total", "circuit_breaker_failure_rate",
         "circuit_breaker_slow_call_rate", "circuit_breaker_buffered_calls",
         "circuit_breaker_fallbacks_total", "circuit_breaker_time_in_state_seconds_total",
+        "circuit_breaker_health_checks_total",
         "circuit_breaker_call_duration_seconds_bucket", "circuit_breaker_call_duration_seconds_count",
         "circuit_breaker_call_duration_seconds_sum",
     }, text
@@ -602,4 +603,4 @@ def test_enable_before_the_providers_are_installed_reports_once_they_are() -> No
         "names = sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics})\n"
         "print(len(names), [s.name for s in spans.get_finished_spans()])\n"
     )
-    assert python(code) == "10 ['circuit_breaker.transition']"  # every instrument
+    assert python(code) == "11 ['circuit_breaker.transition']"  # every instrument

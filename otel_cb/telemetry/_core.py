@@ -269,6 +269,9 @@ _INSTRUMENTS: tuple[tuple[str, str, str, str, _Extract], ...] = (
     ("circuit_breaker.time_in_state", "counter", "s",
      "Seconds spent in each state since the breaker was made",
      lambda snap: [(seconds, {ATTR_STATE: state.value}) for state, seconds in snap.time_in_state.items()]),
+    ("circuit_breaker.health_checks", "counter", "{check}",
+     "Health checks run, by outcome (passed, failed)",
+     lambda snap: _by_outcome(snap.health_checks)),
 )
 
 
