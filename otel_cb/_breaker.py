@@ -115,7 +115,8 @@ class CircuitBreaker(CallingStyles):
         "name", "_config", "_clock", "_lock", "_current", "_state", "_epoch", "_window", "_detector",
         "_since", "_state_time", "_listeners", "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at",
         "_failed_result", "_counters", "_histogram", "_stack", "_shared", "_caller", "_caller_async",
-        "_adaptive", "_health_check", "_check_trusted", "_health_counts", "_check_expiry_logged", "__weakref__",
+        "_adapts", "_adaptive", "_health_check", "_check_trusted", "_checks_passed", "_checks_failed",
+        "_check_expiry_logged", "__weakref__",
     )
 
     def __init__(self, name: str, config: CircuitBreakerConfig | None = None, *, clock: Clock | None = None,
@@ -148,11 +149,11 @@ class CircuitBreaker(CallingStyles):
         self._stack: contextvars.ContextVar[tuple[Permit, ...]] | None = None
         self._shared: SharedStateSync | None = None
         self._detector: _states.FailureDetector | None = None
-        threshold = config.failure_threshold
-        self._adaptive = AdaptiveDetector(threshold) if config.adaptive and threshold is not None else None
+        self._adapts = config.adaptive and config.failure_threshold is not None
+        self._adaptive: AdaptiveDetector | None = None  # made at the first failure: idle breakers stay small
         self._health_check = health_check
         self._check_trusted = True  # the check's passes alone may end an open stay (see _states.Open)
-        self._health_counts = [0, 0]  # passed, failed
+        self._checks_passed = self._checks_failed = 0
         self._check_expiry_logged = False
         self._listeners: tuple[_listeners.Listener, ...] = ()
         self._caller: _Caller
@@ -245,6 +246,14 @@ class CircuitBreaker(CallingStyles):
             return _states.ForcedOpen(reopenings)
         return _states.Disabled(reopenings)
 
+    def _new_adaptive(self) -> AdaptiveDetector:
+        """The adaptive detector, made at the first closed-state failure. Lock held.
+
+        Every success so far came before any failure: it starts by learning them all."""
+        assert self._config.failure_threshold is not None
+        detector = self._adaptive = AdaptiveDetector(self._config.failure_threshold)
+        return detector
+
     def _open_stay(self, now: float, until: float, timeout: float, reopenings: int) -> _states.Open:
         """A new open stay, with the health check's terms if one is attached. Lock held."""
         if self._health_check is None:
@@ -314,7 +323,7 @@ class CircuitBreaker(CallingStyles):
                 slow_calls={"success": counters.slow_success, "failure": counters.slow_failure},
                 fallbacks=counters.fallbacks(),
                 durations=self._histogram.data() if self._histogram is not None else {},
-                health_checks={"passed": self._health_counts[0], "failed": self._health_counts[1]},
+                health_checks={"passed": self._checks_passed, "failed": self._checks_failed},
             )
 
     def classify(self, exc: BaseException) -> Verdict | None:
@@ -432,7 +441,10 @@ class CircuitBreaker(CallingStyles):
 
     def _apply_health(self, passed: bool) -> None:
         with self._lock:
-            self._health_counts[0 if passed else 1] += 1
+            if passed:
+                self._checks_passed += 1
+            else:
+                self._checks_failed += 1
             stay = self._current
             event = None
             expired = False

@@ -2,8 +2,8 @@
 
 | state | calls | leaves when |
 |---|---|---|
-| `closed` | admitted and recorded | `failure_threshold` consecutive failures, or, once the window holds `minimum_calls`, the failure rate reaches `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`: to `open` |
-| `open` | rejected with `CircuitOpenError` | the first call after the open timeout becomes a probe: to `half_open` |
+| `closed` | admitted and recorded | `failure_threshold` consecutive failures (adapted to the dependency's normal error rate: [Adaptive failure detection](#adaptive-failure-detection)), or, once the window holds `minimum_calls`, the failure rate reaches `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`: to `open` |
+| `open` | rejected with `CircuitOpenError` | the open timeout elapses (reading `state` or `snapshot()` shows it at once, without a call) and the next call becomes a probe; with a [health check](#health-checks) only passed checks end it (`healthy_threshold` in a row): to `half_open` |
 | `half_open` | up to `half_open_max_calls` probes at once; the rest rejected | `success_threshold` consecutive probe successes: to `closed` (window and backoff reset); any probe failure, or a slow probe: back to `open` |
 | `forced_open` | rejected | `reset()` |
 | `disabled` | admitted, nothing recorded | `reset()` |
@@ -292,9 +292,9 @@ class Closed(State):
             self.streak = streak
             self.streak_mark = self.fast_successes
             threshold = breaker._config.failure_threshold
-            adaptive = breaker._adaptive
-            if adaptive is not None:
-                # Every success of this stay so far: the detector takes them in bulk.
+            if breaker._adapts:
+                adaptive = breaker._adaptive or breaker._new_adaptive()
+                # Every success so far: the detector takes those since the last failure in bulk.
                 if adaptive.failure(breaker._counters.success + self.fast_successes):
                     return trip(breaker, Reason.CONSECUTIVE_FAILURES, now, retry_after)
             elif threshold is not None and streak >= threshold:
