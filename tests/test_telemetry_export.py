@@ -169,7 +169,7 @@ def test_prometheus_pull_endpoint_serves_the_documented_names() -> None:
     assert names == {
         "circuit_breaker_calls_total", "circuit_breaker_slow_calls_total", "circuit_breaker_state",
         "circuit_breaker_transitions_total", "circuit_breaker_failure_rate", "circuit_breaker_slow_call_rate",
-        "circuit_breaker_buffered_calls", "circuit_breaker_fallbacks_total",
+        "circuit_breaker_buffered_calls", "circuit_breaker_fallbacks_total", "circuit_breaker_health_checks_total",
         "circuit_breaker_time_in_state_seconds_total",
         "circuit_breaker_call_duration_seconds_bucket", "circuit_breaker_call_duration_seconds_count",
         "circuit_breaker_call_duration_seconds_sum",
