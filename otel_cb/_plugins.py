@@ -505,7 +505,8 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
     and skipped.
 
     Returns:
-        Per key, ``(plugin_name, validate)`` of each plugin that declared it.
+        Per key, ``(plugin_name, validate)`` of each plugin that declared it
+        (a validator that several plugins declare for one key, once).
     """
     manager = new_manager()
     register(manager, _SharedStateKeys(), "otel_cb.shared_state")
@@ -518,5 +519,8 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
                      "%s, not a mapping of key to validator; its keys are unknown", plugin_name, _shown(declared))
             continue
         for key, check in declared.items():
-            keys.setdefault(key, []).append((plugin_name, check))
+            declarers = keys.setdefault(key, [])
+            # Plugins sharing a key and its validator (httpx and requests: failure_statuses) check it once.
+            if all(check is not known for _, known in declarers):
+                declarers.append((plugin_name, check))
     return keys
