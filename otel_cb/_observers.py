@@ -51,7 +51,8 @@ class Observer(Protocol):
 # breakers made before it; weak, so it never keeps one alive.
 live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
-_HOOKS = ("breaker_created", "state_changed", "call_rejected", "fallback_served", "shared_state_changed")
+_HOOKS = ("breaker_created", "state_changed", "call_rejected", "fallback_served", "shared_state_changed",
+          "health_checked")
 
 
 
