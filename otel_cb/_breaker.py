@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _listeners, _observers, _states
+from . import _health, _listeners, _observers, _states
 from ._calling import CallingStyles, FirstCall, _AsyncCaller, _Caller
 from ._config import CircuitBreakerConfig
+from ._detection import AdaptiveDetector
 from ._permit import Permit
 from ._shared_link import SharedStateSync
 from ._state import CircuitState, Reason, StateChangeEvent, Verdict
@@ -72,6 +73,8 @@ class BreakerSnapshot:
         fallbacks: Fallbacks served, by outcome (``success``, ``failure``,
             ``refused``: a fail-closed answer, served but not a substitute).
         durations: Call-duration histograms by outcome, when enabled (telemetry).
+        health_checks: Health checks run since the breaker was made, by
+            outcome (``passed``, ``failed``).
     """
 
     name: str
@@ -87,6 +90,7 @@ class BreakerSnapshot:
     slow_calls: dict[str, int]
     fallbacks: dict[str, int]
     durations: dict[str, HistogramData]
+    health_checks: dict[str, int]
 
 
 class CircuitBreaker(CallingStyles):
@@ -97,6 +101,10 @@ class CircuitBreaker(CallingStyles):
         config: Its settings; the default preset when None.
         clock: Zero-argument callable returning monotonic seconds
             (``time.monotonic`` when None); inject a fake one in tests.
+        health_check: A callable or coroutine function taking no arguments
+            that says whether the dependency is healthy (a falsy value or an
+            exception: unhealthy). While the breaker is open it replaces user
+            calls as probes: see ``check_health()``.
 
     A breaker is used by calling through it (``call``, ``call_async``,
     ``call_with_fallback``), decorating a function, guarding a block
@@ -107,16 +115,19 @@ class CircuitBreaker(CallingStyles):
         "name", "_config", "_clock", "_lock", "_current", "_state", "_epoch", "_window", "_detector",
         "_since", "_state_time", "_listeners", "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at",
         "_failed_result", "_counters", "_histogram", "_stack", "_shared", "_caller", "_caller_async",
-        "__weakref__",
+        "_adapts", "_adaptive", "_health_check", "_check_trusted", "_checks_passed", "_checks_failed",
+        "_check_expiry_logged", "__weakref__",
     )
 
-    def __init__(self, name: str, config: CircuitBreakerConfig | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, name: str, config: CircuitBreakerConfig | None = None, *, clock: Clock | None = None,
+                 health_check: _health.HealthCheck | None = None) -> None:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ValueError(f"name: {name!r} is not allowed; use a non-empty string of at most 200 characters")
         if config is not None and not isinstance(config, CircuitBreakerConfig):
             raise ValueError(f"config: {config!r} is not allowed; use a CircuitBreakerConfig or None")
         if clock is not None and not callable(clock):
             raise ValueError(f"clock: {clock!r} is not allowed; use a zero-argument callable returning seconds")
+        _check_health_check(health_check)
         config = config if config is not None else _DEFAULT_CONFIG
         self.name = name
         self._config = config
@@ -138,6 +149,12 @@ class CircuitBreaker(CallingStyles):
         self._stack: contextvars.ContextVar[tuple[Permit, ...]] | None = None
         self._shared: SharedStateSync | None = None
         self._detector: _states.FailureDetector | None = None
+        self._adapts = config.adaptive and config.failure_threshold is not None
+        self._adaptive: AdaptiveDetector | None = None  # made at the first failure: idle breakers stay small
+        self._health_check = health_check
+        self._check_trusted = True  # the check's passes alone may end an open stay (see _states.Open)
+        self._checks_passed = self._checks_failed = 0
+        self._check_expiry_logged = False
         self._listeners: tuple[_listeners.Listener, ...] = ()
         self._caller: _Caller
         self._caller_async: _AsyncCaller
@@ -170,22 +187,32 @@ class CircuitBreaker(CallingStyles):
 
     @property
     def state(self) -> CircuitState:
-        """The current state. An open breaker whose timeout has elapsed still
-        reads ``open`` until the next call moves it to ``half_open``."""
+        """The current state. An open breaker that may admit a probe (its
+        timeout elapsed) reads, and becomes, ``half_open``, without a call."""
+        stay = self._current
+        if isinstance(stay, _states.Open) and stay.may_probe(self._clock()):
+            self._half_open_if_due()
         return self._state
 
     @property
     def is_closed(self) -> bool:
-        return self._state is CircuitState.CLOSED
+        return self.state is CircuitState.CLOSED
 
     @property
     def is_open(self) -> bool:
         """True when open or forced open: calls are being rejected."""
-        return self._state is CircuitState.OPEN or self._state is CircuitState.FORCED_OPEN
+        state = self.state
+        return state is CircuitState.OPEN or state is CircuitState.FORCED_OPEN
 
     @property
     def is_half_open(self) -> bool:
-        return self._state is CircuitState.HALF_OPEN
+        return self.state is CircuitState.HALF_OPEN
+
+    def _half_open_if_due(self) -> None:
+        with self._lock:
+            event = _states.half_open_if_due(self, self._clock())
+        if event is not None:
+            self._announce(event)
 
     def force_open(self) -> None:
         """Reject every call until ``reset()``; a recorded transition."""
@@ -212,12 +239,27 @@ class CircuitBreaker(CallingStyles):
             return _states.Closed(self)
         if state is CircuitState.OPEN:
             remaining = open_remaining if open_remaining is not None else self._config.open_timeout
-            return _states.Open(now + remaining, remaining, reopenings)
+            return self._open_stay(now, now + remaining, remaining, reopenings)
         if state is CircuitState.HALF_OPEN:
             return _states.HalfOpen(reopenings)
         if state is CircuitState.FORCED_OPEN:
             return _states.ForcedOpen(reopenings)
         return _states.Disabled(reopenings)
+
+    def _new_adaptive(self) -> AdaptiveDetector:
+        """The adaptive detector, made at the first closed-state failure. Lock held.
+
+        Every success so far came before any failure: it starts by learning them all."""
+        assert self._config.failure_threshold is not None
+        detector = self._adaptive = AdaptiveDetector(self._config.failure_threshold)
+        return detector
+
+    def _open_stay(self, now: float, until: float, timeout: float, reopenings: int) -> _states.Open:
+        """A new open stay, with the health check's terms if one is attached. Lock held."""
+        if self._health_check is None:
+            return _states.Open(until, timeout, reopenings)
+        return _states.Open(until, timeout, reopenings, checked_until=now + self._config.max_open_timeout,
+                            trusted=self._check_trusted)
 
     def _time_in_state(self, left: CircuitState, now: float) -> None:
         """Add the stay in ``left`` that ends at ``now`` to the time in state. Lock held."""
@@ -244,12 +286,18 @@ class CircuitBreaker(CallingStyles):
             self._listeners = _listeners.without_listener(self._listeners, listener)
 
     def _announce(self, event: StateChangeEvent) -> None:
+        if event.state is CircuitState.OPEN:
+            self._watch_health()
         _listeners.announce(self, event)
 
     # -- reading ------------------------------------------------------------------
 
     def snapshot(self) -> BreakerSnapshot:
-        """Return state, window rates, counters and time in state, read under the lock."""
+        """Return state, window rates, counters and time in state, read under the lock.
+
+        An open breaker that may admit a probe moves to half-open first (see ``state``).
+        """
+        self.state  # noqa: B018  (the open -> half-open move, if due)
         with self._lock:
             now = self._clock()
             stay = self._current
@@ -275,6 +323,7 @@ class CircuitBreaker(CallingStyles):
                 slow_calls={"success": counters.slow_success, "failure": counters.slow_failure},
                 fallbacks=counters.fallbacks(),
                 durations=self._histogram.data() if self._histogram is not None else {},
+                health_checks={"passed": self._checks_passed, "failed": self._checks_failed},
             )
 
     def classify(self, exc: BaseException) -> Verdict | None:
@@ -335,9 +384,103 @@ class CircuitBreaker(CallingStyles):
             if isinstance(stay, _states.Closed):
                 stay.use_detector(self, detector)
 
+    # -- health checks ------------------------------------------------------------
+
+    @property
+    def health_check(self) -> _health.HealthCheck | None:
+        """The attached health check, if any."""
+        return self._health_check
+
+    def attach_health_check(self, check: _health.HealthCheck | None) -> None:
+        """Attach a health check (integrations do, for breakers they create); None detaches.
+
+        Raises:
+            ValueError: when ``check`` is neither callable nor None.
+        """
+        _check_health_check(check)
+        with self._lock:
+            self._health_check = check
+            stay = self._current
+            if isinstance(stay, _states.Open):  # the current stay takes the new terms at once
+                now = self._clock()
+                stay.checked_until = None if check is None else now + self._config.max_open_timeout
+                stay.trusted = self._check_trusted
+        self._watch_health()
+
+    def check_health(self) -> bool:
+        """Run the health check once now and apply its result; True when it passed.
+
+        While open, ``healthy_threshold`` consecutive passes move the breaker to
+        half-open at once (reason ``health_check_passed``), where user calls
+        confirm as usual; while the check fails no user call is sent as a
+        probe. A coroutine check runs on the health monitor's event loop;
+        from a coroutine, prefer ``await check_health_async()``. A check that
+        raises or runs past ``health_check_timeout`` has failed.
+
+        Raises:
+            ValueError: when no health check is attached.
+        """
+        passed = _health.run_check(self._need_health_check(), self._config.health_check_timeout, name=self.name)
+        self._apply_health(passed)
+        return passed
+
+    async def check_health_async(self) -> bool:
+        """``check_health()`` for coroutines: a coroutine check is awaited on this
+        loop, a plain one runs in a thread of its own."""
+        check = self._need_health_check()
+        passed = await _health.run_check_async(check, self._config.health_check_timeout, name=self.name)
+        self._apply_health(passed)
+        return passed
+
+    def _need_health_check(self) -> _health.HealthCheck:
+        check = self._health_check
+        if check is None:
+            raise ValueError(f"circuit breaker {self.name!r} has no health check; "
+                             "pass health_check= or call attach_health_check()")
+        return check
+
+    def _apply_health(self, passed: bool) -> None:
+        with self._lock:
+            if passed:
+                self._checks_passed += 1
+            else:
+                self._checks_failed += 1
+            stay = self._current
+            event = None
+            expired = False
+            if isinstance(stay, _states.Open):
+                now = self._clock()
+                event = stay.health_result(self, passed, now)
+                expired = not passed and stay.checked_until is not None and now >= stay.checked_until
+        if expired and not self._check_expiry_logged:
+            self._check_expiry_logged = True
+            _observers.logger.warning(
+                "circuit breaker %r: its health check has failed for max_open_timeout (%gs); "
+                "user calls are sent as probes again", self.name, self._config.max_open_timeout)
+        if event is not None:
+            self._announce(event)
+        if _observers.observers:
+            _observers.notify("health_checked", self, passed)
+
+    def _wants_health_checks(self) -> float | None:
+        """Seconds between background checks while open with a check attached, else None (the monitor asks)."""
+        if self._health_check is None or not isinstance(self._current, _states.Open):
+            return None
+        return self._config.health_check_interval
+
+    def _watch_health(self) -> None:
+        interval = self._wants_health_checks()
+        if interval is not None:
+            _health.monitor.watch(self, interval)
+
     def _after_fork_in_child(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here.
         self._lock = threading.Lock()
+
+
+def _check_health_check(check: object) -> None:
+    if check is not None and not callable(check):
+        raise ValueError(f"health_check: {check!r} is not allowed; use a callable or coroutine function, or None")
 
 
 def _renew_locks_in_child() -> None:

@@ -106,6 +106,16 @@ class CircuitBreakerConfig:
         success_threshold: Consecutive probe successes that close the breaker.
         call_timeout: For async calls only: a call running longer is cancelled
             and counts as a failure (None: no timeout).
+        adaptive: The ``failure_threshold`` rule learns the failure rate the
+            dependency normally shows and trips on evidence of a rate far above
+            it (``otel_cb._detection``); False: the classic rule,
+            ``failure_threshold`` failures with no success in between.
+        health_check_interval: Seconds between background health checks
+            (jittered) while the breaker is open and has a health check; None:
+            no background checks (the caller drives ``check_health()``).
+        health_check_timeout: A health check running longer counts as failed.
+        healthy_threshold: Consecutive passed health checks that move an open
+            breaker to half-open.
         record_exceptions: Exception types that count as failures.
         ignore_exceptions: Exception types that count as neither failure nor
             success; they propagate. Checked before ``record_exceptions``.
@@ -129,6 +139,10 @@ class CircuitBreakerConfig:
     half_open_max_calls: int = 3
     success_threshold: int = 3
     call_timeout: float | None = None
+    adaptive: bool = True
+    health_check_interval: float | None = 2.0
+    health_check_timeout: float = 1.0
+    healthy_threshold: int = 2
     record_exceptions: ExceptionTypes = (Exception,)
     ignore_exceptions: ExceptionTypes = ()
     is_failure: Callable[[BaseException], bool] | None = field(default=None, compare=False)
@@ -170,6 +184,11 @@ class CircuitBreakerConfig:
         check(_check_count, "half_open_max_calls", self.half_open_max_calls, allow_none=False)
         check(_check_count, "success_threshold", self.success_threshold, allow_none=False)
         check(_check_seconds, "call_timeout", self.call_timeout, allow_none=True)
+        if not isinstance(self.adaptive, bool):
+            errors.append(ValueError(f"adaptive: {shown(self.adaptive)} is not allowed; use true or false"))
+        check(_check_seconds, "health_check_interval", self.health_check_interval, allow_none=True)
+        check(_check_seconds, "health_check_timeout", self.health_check_timeout, allow_none=False)
+        check(_check_count, "healthy_threshold", self.healthy_threshold, allow_none=False)
         check(_check_exception_types, "record_exceptions", self.record_exceptions)
         check(_check_exception_types, "ignore_exceptions", self.ignore_exceptions)
         for name in ("is_failure", "is_failure_result"):
@@ -263,7 +282,8 @@ def config_from_dict(mapping: Mapping[str, Any], *, import_modules: bool) -> Cir
     return config
 
 
-_DURATION_FIELDS = ("slow_call_duration", "open_timeout", "max_open_timeout", "call_timeout")
+_DURATION_FIELDS = ("slow_call_duration", "open_timeout", "max_open_timeout", "call_timeout",
+                    "health_check_interval", "health_check_timeout")
 
 
 def _service_preset(failure: int, success: int, open_timeout: float, probes: int, minimum: int) -> dict[str, Any]:

@@ -43,13 +43,16 @@ class Observer(Protocol):
     def fallback_served(self, breaker: CircuitBreaker, outcome: str) -> None: ...
     # otel_cb.shared: True when the breaker falls back to local state (Redis unreachable), False when back.
     def shared_state_changed(self, breaker: CircuitBreaker, running_locally: bool) -> None: ...
+    # One health check ran (CircuitBreaker.check_health, or the background monitor): passed or not.
+    def health_checked(self, breaker: CircuitBreaker, passed: bool) -> None: ...
 
 
 # Every live breaker, so an observer registered late (telemetry) still finds
 # breakers made before it; weak, so it never keeps one alive.
 live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
-_HOOKS = ("breaker_created", "state_changed", "call_rejected", "fallback_served", "shared_state_changed")
+_HOOKS = ("breaker_created", "state_changed", "call_rejected", "fallback_served", "shared_state_changed",
+          "health_checked")
 
 
 

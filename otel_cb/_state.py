@@ -44,6 +44,7 @@ class Reason(str, enum.Enum):
     FAILURE_RATE = "failure_rate"
     SLOW_CALL_RATE = "slow_call_rate"
     OPEN_TIMEOUT_ELAPSED = "open_timeout_elapsed"
+    HEALTH_CHECK_PASSED = "health_check_passed"
     PROBE_FAILURE = "probe_failure"
     PROBE_SUCCESS = "probe_success"
     FORCE_OPEN = "force_open"

@@ -2,8 +2,8 @@
 
 | state | calls | leaves when |
 |---|---|---|
-| `closed` | admitted and recorded | `failure_threshold` consecutive failures, or, once the window holds `minimum_calls`, the failure rate reaches `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`: to `open` |
-| `open` | rejected with `CircuitOpenError` | the first call after the open timeout becomes a probe: to `half_open` |
+| `closed` | admitted and recorded | `failure_threshold` consecutive failures (adapted to the dependency's normal error rate: [Adaptive failure detection](#adaptive-failure-detection)), or, once the window holds `minimum_calls`, the failure rate reaches `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`: to `open` |
+| `open` | rejected with `CircuitOpenError` | the open timeout elapses (reading `state` or `snapshot()` shows it at once, without a call) and the next call becomes a probe; with a [health check](#health-checks) only passed checks end it (`healthy_threshold` in a row): to `half_open` |
 | `half_open` | up to `half_open_max_calls` probes at once; the rest rejected | `success_threshold` consecutive probe successes: to `closed` (window and backoff reset); any probe failure, or a slow probe: back to `open` |
 | `forced_open` | rejected | `reset()` |
 | `disabled` | admitted, nothing recorded | `reset()` |
@@ -32,15 +32,24 @@ enum to decide what a call does. Every state answers the same questions:
 
 Where things live:
 
-- ``Closed``: the window, the consecutive-failure streak, the rate rules and an
-  optional ``FailureDetector`` (the extension point for adaptive detection:
-  ``CircuitBreaker.attach_failure_detector``), consulted after the built-in rules.
-  Its ``on_success`` is the hot path: one lock round trip, no allocation.
-- ``Open``: the deadline, and ``may_probe(now)``, the one decision "may a probe
-  go now?" (the extension point for health checks).
+- ``Closed``: the window, the consecutive-failure streak, the rate rules, the
+  breaker's adaptive detector (``_detection.AdaptiveDetector``: the
+  ``failure_threshold`` rule when ``adaptive`` is on) and an optional
+  ``FailureDetector`` (an extension point: ``CircuitBreaker.attach_failure_detector``),
+  consulted after the built-in rules. Its ``on_success`` is the hot path: one
+  lock round trip, no allocation (the adaptive detector reads the successes
+  from ``fast_successes`` when the next failure comes).
+- ``Open``: the deadline, the health-check results of the stay, and
+  ``may_probe(now)``, the one decision "may a probe go now?": the open timeout
+  has elapsed; with a trusted health check attached, only its passes open the
+  way (``health_result``: ``healthy_threshold`` passes move to half-open at
+  once); after a failed health-check confirmation the check only vetoes;
+  ``max_open_timeout`` after opening, timed probing resumes whatever the check says.
 - ``HalfOpen``: everything about probes: slots, the shared-state probe lease,
   probe outcomes, and permits dropped unreported (``drop`` leaves a note, the
-  next admission or snapshot hands the slot back).
+  next admission or snapshot hands the slot back). A stay entered on a health
+  check's word remembers the open deadline it pre-empted: if its probes fail,
+  the check loses its authority and the reopening keeps the timed schedule.
 - ``trip``: opening with backoff, jitter and a server's Retry-After.
 
 Locking: one non-reentrant lock per breaker (``breaker._lock``) guards every
@@ -66,7 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Closed", "Disabled", "FailureDetector", "ForcedOpen", "HalfOpen", "Open", "State",
-    "NO_RESULT", "admit_under_lock", "enter", "new_window", "trip",
+    "NO_RESULT", "admit_under_lock", "enter", "half_open_if_due", "new_window", "trip",
 ]
 
 _CLOSED = CircuitState.CLOSED
@@ -239,6 +248,8 @@ class Closed(State):
         self.detector: FailureDetector | None = None
         self.fast_below = breaker._slow_at
         self.use_detector(breaker, breaker._detector)
+        if breaker._adaptive is not None:
+            breaker._adaptive.restart(breaker._counters.success)
 
     def use_detector(self, breaker: CircuitBreaker, detector: FailureDetector | None) -> None:
         """Consult ``detector`` from now on (None: the built-in rules only). Lock held."""
@@ -281,7 +292,12 @@ class Closed(State):
             self.streak = streak
             self.streak_mark = self.fast_successes
             threshold = breaker._config.failure_threshold
-            if threshold is not None and streak >= threshold:
+            if breaker._adapts:
+                adaptive = breaker._adaptive or breaker._new_adaptive()
+                # Every success so far: the detector takes those since the last failure in bulk.
+                if adaptive.failure(breaker._counters.success + self.fast_successes):
+                    return trip(breaker, Reason.CONSECUTIVE_FAILURES, now, retry_after)
+            elif threshold is not None and streak >= threshold:
                 return trip(breaker, Reason.CONSECUTIVE_FAILURES, now, retry_after)
         else:
             self.streak = 0
@@ -325,29 +341,62 @@ class Closed(State):
 
 
 class Open(State):
-    """Calls are rejected until ``may_probe`` says a probe may go; then half-open."""
+    """Calls are rejected until ``may_probe`` says a probe may go; then half-open.
 
-    __slots__ = ("until", "timeout")
+    ``checked_until`` is None without a health check; with one, the time at
+    which timed probing resumes whatever the check says (``max_open_timeout``
+    after opening). ``trusted``: the check's passes alone open the way (it
+    has not failed a confirmation since the last close).
+    """
 
-    def __init__(self, until: float, timeout: float, reopenings: int) -> None:
+    __slots__ = ("until", "timeout", "checked_until", "trusted", "passes", "failing")
+
+    def __init__(self, until: float, timeout: float, reopenings: int, *,
+                 checked_until: float | None = None, trusted: bool = True) -> None:
         super().__init__(_OPEN, reopenings)
         self.until = until
         self.timeout = timeout
+        self.checked_until = checked_until
+        self.trusted = trusted
+        self.passes = 0  # consecutive passed health checks
+        self.failing = False  # the last health check failed
 
     def may_probe(self, now: float) -> bool:
-        """May a probe go at ``now``? The open timeout has elapsed: the one place
-        this is decided (without the lock: the stay's fields never change)."""
-        return now >= self.until
+        """May a probe go at ``now``? The one place this is decided. Read without
+        the lock: each field is written whole, and a stale read only delays or
+        advances one probe by one check."""
+        checked_until = self.checked_until
+        if checked_until is None:
+            return now >= self.until
+        if now >= checked_until:
+            return True  # the check has had max_open_timeout: timed probing resumes
+        return not self.trusted and not self.failing and now >= self.until
+
+    def health_result(self, breaker: CircuitBreaker, passed: bool, now: float) -> StateChangeEvent | None:
+        """One health check's result; half-open at once after ``healthy_threshold``
+        passes of a trusted check. Lock held."""
+        if not passed:
+            self.passes = 0
+            self.failing = True
+            return None
+        self.passes += 1
+        self.failing = False
+        if self.checked_until is not None and self.trusted and self.passes >= breaker._config.healthy_threshold:
+            return enter(breaker, HalfOpen(self.reopenings, pre_empted=self.until), Reason.HEALTH_CHECK_PASSED, now)
+        return None
 
     def admit(self, breaker: CircuitBreaker) -> State:
         now = breaker._clock()
         if not self.may_probe(now):
             # Rejecting while open takes no lock: the hot path while open.
             next(breaker._counters.rejections)
+            retry = self.until - now
+            if retry < 0.0:  # a trusted health check holds the breaker open past its timeout
+                retry = 0.0
             if _observers.observers:
-                _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, self.until - now))
+                _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, retry))
             # Raised unnamed: no error -> traceback -> frame -> error cycle, so it is freed at once.
-            raise CircuitOpenError(breaker.name, _OPEN, self.until - now)
+            raise CircuitOpenError(breaker.name, _OPEN, retry)
         return admit_under_lock(breaker)
 
     def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
@@ -368,10 +417,12 @@ class HalfOpen(State):
     (``SharedStateSync.acquire_probe``), handed back with the slot.
     """
 
-    __slots__ = ("probes", "successes", "orphans")
+    __slots__ = ("probes", "successes", "orphans", "pre_empted")
 
-    def __init__(self, reopenings: int) -> None:
+    def __init__(self, reopenings: int, *, pre_empted: float | None = None) -> None:
         super().__init__(_HALF_OPEN, reopenings)
+        # Entered on a health check's word: the open deadline it pre-empted.
+        self.pre_empted = pre_empted
         self.probes = 0
         self.successes = 0  # consecutive probe successes
         # One entry per probe permit dropped unreported, adopted at the next
@@ -396,9 +447,15 @@ class HalfOpen(State):
         self.end_probe(breaker)
         if failed or slow:
             # A slow probe says the dependency is not back yet.
-            return trip(breaker, Reason.PROBE_FAILURE, now, retry_after)
+            if self.pre_empted is not None:
+                # The check said healthy and real calls disagree: until a
+                # confirmation succeeds it only vetoes, and this early probe
+                # spends the timed probe it pre-empted.
+                breaker._check_trusted = False
+            return trip(breaker, Reason.PROBE_FAILURE, now, retry_after, not_before=self.pre_empted)
         self.successes += 1
         if self.successes >= breaker._config.success_threshold:
+            breaker._check_trusted = True
             return enter(breaker, Closed(breaker), Reason.PROBE_SUCCESS, now)
         return None
 
@@ -484,15 +541,11 @@ def admit_under_lock(breaker: CircuitBreaker) -> State:
         CircuitOpenError: when the call is rejected.
     """
     now = breaker._clock()
-    event = None
     lock = breaker._lock
     lock.acquire()
     try:
-        current = breaker._current
-        if isinstance(current, Open) and current.may_probe(now):
-            event = enter(breaker, HalfOpen(current.reopenings), Reason.OPEN_TIMEOUT_ELAPSED, now)
-            current = breaker._current
-        admitted = current.admit_locked(breaker, now)
+        event = half_open_if_due(breaker, now)
+        admitted = breaker._current.admit_locked(breaker, now)
     finally:
         lock.release()
     if event is not None:
@@ -513,6 +566,15 @@ def _raise_observed(breaker: CircuitBreaker, refused: CircuitOpenError) -> NoRet
         del refused  # no error -> traceback -> frame -> error cycle: freed at once
 
 
+def half_open_if_due(breaker: CircuitBreaker, now: float) -> StateChangeEvent | None:
+    """Open -> half-open when a probe may go at ``now`` (calls, ``state`` and
+    ``snapshot()`` all see it). Lock held; returns the event to announce."""
+    current = breaker._current
+    if isinstance(current, Open) and current.may_probe(now):
+        return enter(breaker, HalfOpen(current.reopenings), Reason.OPEN_TIMEOUT_ELAPSED, now)
+    return None
+
+
 def enter(breaker: CircuitBreaker, state: State, reason: Reason, now: float,
           open_timeout: float | None = None) -> StateChangeEvent:
     """Swap ``state`` in as the current stay. Lock held; returns the event to announce after releasing it."""
@@ -525,8 +587,13 @@ def enter(breaker: CircuitBreaker, state: State, reason: Reason, now: float,
     return StateChangeEvent(breaker.name, previous.kind, state.kind, reason, now, open_timeout)
 
 
-def trip(breaker: CircuitBreaker, reason: Reason, now: float, retry_after: float | None = None) -> StateChangeEvent:
-    """Open (or reopen) with backoff, jitter and a server's Retry-After hint. Lock held."""
+def trip(breaker: CircuitBreaker, reason: Reason, now: float, retry_after: float | None = None, *,
+         not_before: float | None = None) -> StateChangeEvent:
+    """Open (or reopen) with backoff, jitter and a server's Retry-After hint. Lock held.
+
+    ``not_before``: an open deadline a health check pre-empted; the new one is
+    at least a timeout after it, as if the probe had gone then.
+    """
     config = breaker._config
     previous = breaker._current
     reopenings = previous.reopenings + 1 if previous.kind is _HALF_OPEN else 0
@@ -539,7 +606,8 @@ def trip(breaker: CircuitBreaker, reason: Reason, now: float, retry_after: float
         timeout = min(retry_after, config.max_open_timeout)
     if config.jitter:
         timeout += random.random() * config.jitter * timeout
-    return enter(breaker, Open(now + timeout, timeout, reopenings), reason, now, timeout)
+    until = now + timeout if not_before is None else max(now, not_before) + timeout
+    return enter(breaker, breaker._open_stay(now, until, until - now, reopenings), reason, now, until - now)
 
 
 def new_window(breaker: CircuitBreaker) -> Window:

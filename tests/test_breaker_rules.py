@@ -172,9 +172,10 @@ def test_open_rejects_until_the_timeout_then_admits_a_probe(clock: FakeClock) ->
     assert rejected(cb).retry_after == pytest.approx(0.5)
     assert cb.state is OPEN
     clock.advance(0.5)
-    assert cb.state is OPEN  # lazy: nothing moves until a call comes
-    succeed(cb)
+    assert cb.state is HALF_OPEN  # reading it moves it: dashboards see it ready to probe without a call
     assert events[-1].reason.value == "open_timeout_elapsed" and events[-1].state is HALF_OPEN
+    succeed(cb)  # the first probe
+    assert cb.snapshot().calls["success"] == 1
 
 
 def test_half_open_admits_at_most_max_calls_probes(clock: FakeClock) -> None:

@@ -18,6 +18,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "slow_call_rate_threshold": 0.5, "minimum_calls": 10, "window_type": "time", "window_size": 60,
         "open_timeout": 30.0, "backoff_multiplier": 1.0, "max_open_timeout": 300.0, "jitter": 0.0,
         "half_open_max_calls": 3, "success_threshold": 3, "call_timeout": None,
+        "adaptive": True, "health_check_interval": 2.0, "health_check_timeout": 1.0, "healthy_threshold": 2,
         "record_exceptions": (Exception,), "ignore_exceptions": (), "is_failure": None, "is_failure_result": None,
     }
 
@@ -31,6 +32,12 @@ def test_config_is_frozen() -> None:
 
 BAD: list[tuple[dict[str, Any], str, str]] = [
     # (settings, field and value in the message, what the message allows)
+    ({"adaptive": "yes"}, "adaptive: 'yes'", "true or false"),
+    ({"adaptive": 1}, "adaptive: 1", "true or false"),
+    ({"health_check_interval": 0}, "health_check_interval: 0", "positive, finite number of seconds or None"),
+    ({"health_check_timeout": None}, "health_check_timeout: None", "positive, finite number of seconds"),
+    ({"health_check_timeout": -1.0}, "health_check_timeout: -1.0", "positive, finite number of seconds"),
+    ({"healthy_threshold": 0}, "healthy_threshold: 0", "whole number >= 1"),
     ({"failure_threshold": 0}, "failure_threshold: 0", "whole number >= 1 or None"),
     ({"failure_threshold": 2.5}, "failure_threshold: 2.5", "whole number >= 1"),
     ({"failure_threshold": True}, "failure_threshold: True", "whole number >= 1"),
@@ -148,7 +155,7 @@ def test_from_dict_with_preset_exceptions_and_a_count_window() -> None:
 
 
 @pytest.mark.parametrize(("mapping", "message"), [
-    ({"bogus": 1}, r"^bogus: unknown setting \(value 1\); allowed settings: backoff_multiplier, "),
+    ({"bogus": 1}, r"^bogus: unknown setting \(value 1\); allowed settings: adaptive, backoff_multiplier, "),
     ({"open_timeout": "soon"}, r"^open_timeout: 'soon' is not a duration; use seconds or a string like '30s'"),
     ({"open_timeout": "-5s"}, r"^open_timeout: '-5s' is not a duration"),
     ({"open_timeout": True}, r"^open_timeout: True is not a duration"),

@@ -101,8 +101,10 @@ def test_the_registry_hands_its_clock_to_new_breakers(clock: FakeClock) -> None:
     cb = reg.get_or_create("timed", CircuitBreakerConfig(failure_threshold=1, open_timeout=5))
     cb.acquire().record_failure()
     assert cb.snapshot().retry_after == 5
-    clock.advance(5)
-    assert cb.snapshot().retry_after == 0
+    clock.advance(4.5)
+    assert cb.snapshot().retry_after == 0.5
+    clock.advance(0.5)
+    assert cb.snapshot().state.value == "half_open"  # the open timeout elapsed on the registry's clock
 
 
 def test_the_process_wide_registry() -> None:
