@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _listeners, _observers, _states
-from ._calling import CallingStyles, FirstCall, _AsyncCaller, _Caller
+from ._calling import CallingStyles, FirstCall
 from ._config import CircuitBreakerConfig
 from ._permit import Permit
 from ._shared_link import SharedStateSync
@@ -106,7 +106,7 @@ class CircuitBreaker(CallingStyles):
     __slots__ = (
         "name", "_config", "_clock", "_lock", "_current", "_state", "_epoch", "_window", "_detector",
         "_since", "_state_time", "_listeners", "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at",
-        "_failed_result", "_counters", "_histogram", "_stack", "_shared", "_caller", "_caller_async",
+        "_failed_result", "_counters", "_histogram", "_stack", "_shared",
         "__weakref__",
     )
 
@@ -139,9 +139,7 @@ class CircuitBreaker(CallingStyles):
         self._shared: SharedStateSync | None = None
         self._detector: _states.FailureDetector | None = None
         self._listeners: tuple[_listeners.Listener, ...] = ()
-        self._caller: _Caller
-        self._caller_async: _AsyncCaller
-        self._caller, self._caller_async = FirstCall.pair(self)
+        FirstCall.install(self)
         self._window = _states.new_window(self)
         self._epoch = 0  # transitions so far (the shared-state backend matches probe leases by it)
         self._current: _states.State = _states.Closed(self)
