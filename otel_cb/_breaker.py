@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _health, _listeners, _observers, _states
-from ._calling import CallingStyles, FirstCall, _AsyncCaller, _Caller
+from ._calling import CallingStyles, FirstCall
 from ._config import CircuitBreakerConfig
 from ._detection import AdaptiveDetector
 from ._permit import Permit
@@ -114,7 +114,7 @@ class CircuitBreaker(CallingStyles):
     __slots__ = (
         "name", "_config", "_clock", "_lock", "_current", "_state", "_epoch", "_window", "_detector",
         "_since", "_state_time", "_listeners", "_slow_at", "_min_calls", "_failure_rate_at", "_slow_rate_at",
-        "_failed_result", "_counters", "_histogram", "_stack", "_shared", "_caller", "_caller_async",
+        "_failed_result", "_counters", "_histogram", "_stack", "_shared",
         "_adapts", "_adaptive", "_health_check", "_check_trusted", "_checks_passed", "_checks_failed",
         "_check_expiry_logged", "__weakref__",
     )
@@ -156,9 +156,7 @@ class CircuitBreaker(CallingStyles):
         self._checks_passed = self._checks_failed = 0
         self._check_expiry_logged = False
         self._listeners: tuple[_listeners.Listener, ...] = ()
-        self._caller: _Caller
-        self._caller_async: _AsyncCaller
-        self._caller, self._caller_async = FirstCall.pair(self)
+        FirstCall.install(self)
         self._window = _states.new_window(self)
         self._epoch = 0  # transitions so far (the shared-state backend matches probe leases by it)
         self._current: _states.State = _states.Closed(self)

@@ -58,7 +58,7 @@ class _Caller(Protocol):
 
 
 class _AsyncCaller(Protocol):
-    def __call__(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Awaitable[T]: ...
+    def __call__(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]: ...
 
 
 _CALL_DOC = """Call ``fn(*args, **kwargs)`` if the breaker admits it: ``breaker.call(fn, *args, **kwargs)``.
@@ -103,18 +103,17 @@ class FirstCall:
         return breaker._make_callers()[self._index](fn, *args, **kwargs)
 
     @classmethod
-    def pair(cls, breaker: CallingStyles) -> tuple[_Caller, _AsyncCaller]:
-        """Stand-ins for both guards of ``breaker``."""
+    def install(cls, breaker: CallingStyles) -> None:
+        """Give ``breaker`` stand-ins for both guards."""
         ref = weakref.ref(breaker)
-        return cast(_Caller, cls(ref, 0)), cast(_AsyncCaller, cls(ref, 1))
+        breaker.call, breaker.call_async = cls(ref, 0), cls(ref, 1)  # type: ignore[method-assign]
 
 
 class CallingStyles:
     """The calling styles, mixed into ``CircuitBreaker`` (which holds the state they use)."""
 
-    __slots__ = ()
-
     if TYPE_CHECKING:  # held by CircuitBreaker
+        __slots__ = ()
         name: str
         _config: CircuitBreakerConfig
         _clock: Callable[[], float]
@@ -123,10 +122,7 @@ class CallingStyles:
         _failed_result: Callable[[Any], bool] | None
         _counters: CallCounters
         _stack: contextvars.ContextVar[tuple[Permit, ...]] | None
-        _caller: _Caller
-        _caller_async: _AsyncCaller
 
-    if TYPE_CHECKING:
         def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
             """See ``_CALL_DOC``."""
             ...
@@ -136,11 +132,12 @@ class CallingStyles:
             """See ``_CALL_ASYNC_DOC``."""
             ...
     else:
-        # ``breaker.call`` *is* its guard: ``attrgetter`` runs in C, so calling
-        # through it costs no Python frame but the guard's own (and
-        # ``call_async`` returns the guard's coroutine: one per call, not two).
-        call = property(operator.attrgetter("_caller"), doc=_CALL_DOC)
-        call_async = property(operator.attrgetter("_caller_async"), doc=_CALL_ASYNC_DOC)
+        # ``breaker.call`` *is* its guard, held in a slot: reading a slot is
+        # the cheapest attribute read there is (a property, even over
+        # ``attrgetter``, costs a descriptor call per call), so calling through
+        # it costs no Python frame but the guard's own (and ``call_async``
+        # returns the guard's coroutine: one per call, not two).
+        __slots__ = {"call": _CALL_DOC, "call_async": _CALL_ASYNC_DOC}
 
     def _make_callers(self) -> tuple[_Caller, _AsyncCaller]:
         # Guards of ``_invoke`` take the function as first argument. Made on
@@ -148,7 +145,7 @@ class CallingStyles:
         # the breaker, so a breaker that made them is freed by the cycle
         # collector rather than by reference counting.)
         callers = cast(_Caller, self._guard(_invoke)), cast(_AsyncCaller, self._guard_async(_invoke))
-        self._caller, self._caller_async = callers  # type: ignore[misc]  # slots of CircuitBreaker
+        self.call, self.call_async = callers  # type: ignore[method-assign]
         return callers
 
     def _guard(self, fn: Callable[..., T]) -> Callable[..., T]:
