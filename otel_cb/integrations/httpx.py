@@ -161,7 +161,7 @@ def _handle_async_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
 @hookimpl
 def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     """The breaker-section keys of the httpx integration, checked without importing httpx."""
-    return {"failure_statuses": validate_settings, "fallback": validate_settings}
+    return {"failure_statuses": validate_settings, "fallback": validate_settings, "health_check": validate_settings}
 
 
 @hookimpl

@@ -152,7 +152,7 @@ _PATCHES = [
 @hookimpl
 def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     """The breaker-section keys of the requests integration (httpx's), checked without importing requests."""
-    return {"failure_statuses": validate_settings, "fallback": validate_settings}
+    return {"failure_statuses": validate_settings, "fallback": validate_settings, "health_check": validate_settings}
 
 
 @hookimpl
