@@ -128,6 +128,7 @@ from ..plugin import (
     select_breaker,
     serve_fallback,
 )
+from ._asyncpg_health import connect_arguments, offer_health_check
 from ._asyncpg_policy import DEFAULT_FAILURE_SQLSTATES, FailureRules, connection_target, db_target, validate_settings
 
 if TYPE_CHECKING:
@@ -273,6 +274,8 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
         try:
             call = _call(target_of(instance, args, kwargs), method)
             breaker = select_breaker(call)
+            if breaker is not None and method == "connect":
+                offer_health_check(breaker, *connect_arguments(instance, args, kwargs))
         except Exception:
             # Never let our bookkeeping break the application's query.
             log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
@@ -405,6 +408,7 @@ class ResilientPool:
             breaker = select_breaker(call) or registry.get(destination_name(call)) or \
                 registry.get_or_create(destination_name(call), CircuitBreakerConfig.preset("database"))
         pool = asyncpg.create_pool(dsn, **pool_kwargs)
+        offer_health_check(breaker, *connect_arguments(pool, (), {}))
 
         async def start() -> asyncpg.Pool:
             return await pool
