@@ -93,7 +93,7 @@ def test_resilient_pool_gets_select_1_on_a_fresh_connection(proxied: tuple[TcpPr
 
 def test_instrumented_connect_attaches_the_check_which_bypasses_the_open_breaker(
         proxied: tuple[TcpProxy, str], clock: FakeClock) -> None:
-    proxy, dsn = proxied
+    _, dsn = proxied
     breaker = CircuitBreaker("health_auto_db", config(), clock=clock)
 
     async def main() -> None:
@@ -108,7 +108,7 @@ def test_instrumented_connect_attaches_the_check_which_bypasses_the_open_breaker
 
 
 def test_the_users_own_check_wins(proxied: tuple[TcpProxy, str], clock: FakeClock) -> None:
-    proxy, dsn = proxied
+    _, dsn = proxied
 
     def mine() -> bool:
         return True
