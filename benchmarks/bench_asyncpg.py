@@ -71,7 +71,7 @@ async def _own_cost(calls: int, tracer: Any = None) -> float:
             bare = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(calls):
-                await _protected(call, breaker, None, noop, (), {})
+                await _protected(call, breaker, None, noop())
             best = min(best, (time.perf_counter() - start - bare) / calls)
     return best
 

@@ -109,6 +109,7 @@ API
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -176,11 +177,18 @@ def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc:
 
 
 async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | None,
-                     wrapped: Wrapped, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run ``wrapped(*args, **kwargs)`` as one call through ``breaker``."""
+                     awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` (a database call already made, not yet run) as one call through ``breaker``.
+
+    The caller makes the call first, so what the method itself does at call
+    time (asyncpg's checks on a released or closed connection, argument
+    binding) happens at call time as without otel-cb; a rejected call's
+    coroutine is closed unrun.
+    """
     try:
         permit = breaker.acquire()
     except CircuitOpenError as exc:
+        _discard(awaitable)
         annotate_span(breaker, exc.state)
         served = serve_fallback(call, breaker, exc)
         if served is None:
@@ -189,7 +197,7 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     annotate_span(breaker, breaker.state)
     token = _INSIDE.set(True)
     try:
-        result = await wrapped(*args, **kwargs)
+        result = await awaitable
     except BaseException as exc:
         verdict = _judge(call, breaker, rules, exc)
         permit.record(verdict)
@@ -206,6 +214,21 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     else:
         permit.record(hook_verdict)
     return result
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    """Close a coroutine that will never run, so it warns of nothing."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+
+
+async def _inside(awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` with the patched methods it calls passing straight through."""
+    token = _INSIDE.set(True)
+    try:
+        return await awaitable
+    finally:
+        _INSIDE.reset(token)
 
 
 # -- auto-patching ----------------------------------------------------------------
@@ -265,11 +288,18 @@ TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], str]
 
 
 def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]:
-    """A wrapt wrapper that routes one database call to its breaker."""
+    """A wrapt wrapper that routes one database call to its breaker.
 
-    async def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    The wrapper is a plain function, as the methods it wraps are to their
+    callers: it calls the method at once (so asyncpg's call-time
+    ``InterfaceError`` on a released connection, or a ``TypeError`` for bad
+    arguments, is raised at call time) and returns an awaitable that runs it
+    under the breaker.
+    """
+
+    def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
-            return await wrapped(*args, **kwargs)
+            return wrapped(*args, **kwargs)
         try:
             call = _call(target_of(instance, args, kwargs), method)
             breaker = select_breaker(call)
@@ -278,20 +308,17 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
             log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
                      method, exc_info=True)
             breaker = None
+        awaitable = wrapped(*args, **kwargs)
         if breaker is None:
-            return await wrapped(*args, **kwargs)
-        return await _protected(call, breaker, None, wrapped, args, kwargs)
+            return awaitable
+        return _protected(call, breaker, None, awaitable)
 
     return wrapper
 
 
-async def _never_refused(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _never_refused(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Cleanup (rollback, commit at block exit, reset on release) runs unguarded, never rejected."""
-    token = _INSIDE.set(True)
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        _INSIDE.reset(token)
+    return _inside(wrapped(*args, **kwargs))
 
 
 _QUERY_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fetchmany",
@@ -409,7 +436,7 @@ class ResilientPool:
         async def start() -> asyncpg.Pool:
             return await pool
 
-        await _protected(_call(target, "connect"), breaker, rules, start, (), {})
+        await _protected(_call(target, "connect"), breaker, rules, start())
         return cls(pool, breaker=breaker, target=target, rules=rules, acquire_timeout=acquire_timeout)
 
     # -- CircuitProtected ---------------------------------------------------
@@ -444,7 +471,7 @@ class ResilientPool:
                 # A pool hands out a proxy that behaves as (and isinstance-checks as) a Connection.
                 return await operation(cast("Connection[Any]", connection))
 
-        result: T = await _protected(_call(self.target, method), self._breaker, self._rules, work, (), {})
+        result: T = await _protected(_call(self.target, method), self._breaker, self._rules, work())
         return result
 
     async def execute(self, operation: str | Callable[[Connection[Any]], Awaitable[T]], *args: Any,
