@@ -51,6 +51,20 @@ method=...)`` and routed by ``otel_cb.plugin.select_breaker``: the config
 file's ``match: {db: [...]}`` rules (DSNs or ``host:port/dbname``; use
 :func:`db_target` to turn a DSN into a target), else one automatic breaker
 per database. Targets never hold a user name, password or query options.
+A multi-host DSN is one destination for connecting and acquiring (its hosts
+in order, each once, at most three named: ``a:5432,b:5432,c:5432,+2/app``);
+queries go to the breaker of the server their connection reached. Arguments
+asyncpg refuses before any I/O (a DSN scheme other than ``postgres`` /
+``postgresql``, a port that is not a number) are not routed at all.
+
+Call shapes
+-----------
+
+A patched method is called at once and returns the awaitable that runs it
+under the breaker, so what asyncpg raises at call time (``InterfaceError``
+from a prepared statement, cursor or transaction whose connection was
+released or closed; ``TypeError`` for bad arguments) still raises at call
+time. A call refused while open raises when awaited.
 
 Classification
 --------------
@@ -129,7 +143,14 @@ from ..plugin import (
     select_breaker,
     serve_fallback,
 )
-from ._asyncpg_policy import DEFAULT_FAILURE_SQLSTATES, FailureRules, connection_target, db_target, validate_settings
+from ._asyncpg_policy import (
+    DEFAULT_FAILURE_SQLSTATES,
+    FailureRules,
+    connect_target,
+    connection_target,
+    db_target,
+    validate_settings,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -156,7 +177,7 @@ _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.asyncpg.
 _DEFAULT_RULES = FailureRules()
 _MAX_MEMO = 4096
 _calls: dict[tuple[str, str], Call] = {}
-_pool_targets: dict[tuple[object, ...], str] = {}
+_pool_targets: dict[tuple[object, ...], str | None] = {}
 _conn_targets: dict[tuple[object, object], str] = {}
 
 
@@ -256,23 +277,23 @@ def _connection_target(connection: Any) -> str:
     return target
 
 
-def _arguments_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+def _arguments_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     dsn = args[0] if args else kwargs.get("dsn")
     host, port, database = kwargs.get("host"), kwargs.get("port"), kwargs.get("database")
-    key = (dsn, repr(host), repr(port), database)
-    target = _pool_targets.get(key)
-    if target is None:
+    key = (dsn, repr(host), repr(port), repr(database))
+    target = _pool_targets.get(key, _MISSING)
+    if target is _MISSING:
         if len(_pool_targets) >= _MAX_MEMO:
             _pool_targets.clear()
-        target = _pool_targets[key] = db_target(dsn, host=host, port=port, database=database)
-    return target
+        target = _pool_targets[key] = connect_target(dsn, host=host, port=port, database=database)
+    return target  # type: ignore[no-any-return]
 
 
-def _target_of_connect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _target_of_connect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     return _arguments_target(args, kwargs)
 
 
-def _target_of_pool(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _target_of_pool(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     return _arguments_target(instance._connect_args, instance._connect_kwargs)
 
 
@@ -284,7 +305,8 @@ def _target_of_resource(instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     return _connection_target(instance._connection)
 
 
-TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], str]
+TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], "str | None"]
+_MISSING: Any = object()
 
 
 def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]:
@@ -300,16 +322,19 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
     def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
             return wrapped(*args, **kwargs)
+        call: Call | None = None
         try:
-            call = _call(target_of(instance, args, kwargs), method)
-            breaker = select_breaker(call)
+            # None: arguments asyncpg refuses before any I/O; no breaker is created or touched.
+            target = target_of(instance, args, kwargs)
+            call = _call(target, method) if target is not None else None
+            breaker = select_breaker(call) if call is not None else None
         except Exception:
             # Never let our bookkeeping break the application's query.
             log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
                      method, exc_info=True)
             breaker = None
         awaitable = wrapped(*args, **kwargs)
-        if breaker is None:
+        if breaker is None or call is None:
             return awaitable
         return _protected(call, breaker, None, awaitable)
 
