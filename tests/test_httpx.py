@@ -643,3 +643,33 @@ def test_the_patched_async_transport_returns_httpx_s_own_coroutine_when_unprotec
             assert pending.cr_code is vars(httpx.AsyncHTTPTransport)["handle_async_request"].__wrapped__.__code__
         finally:
             pending.close()
+
+
+class _Streamed(httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"ok"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory body", "streamed body"])
+def test_a_finished_response_is_judged_and_freed_without_the_cycle_collector(streamed: bool) -> None:
+    import gc
+    import weakref
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_Streamed()) if streamed else httpx.Response(200, content=b"ok")
+
+    breaker = CircuitBreaker("freed", config())
+    transport = CircuitBreakerTransport(httpx.MockTransport(answer), breaker=breaker)
+    gc.disable()
+    try:
+        response = transport.handle_request(httpx.Request("GET", "http://freed.example/"))
+        # An in-memory body was read and closed before it reached us: judged at once.
+        assert breaker.snapshot().calls["success"] == (0 if streamed else 1)
+        assert response.read() == b"ok"
+        response.close()
+        alive = weakref.ref(response)
+        del response
+        assert alive() is None  # our body wrapper does not tie the response into a reference cycle
+    finally:
+        gc.enable()
+    assert breaker.snapshot().calls["success"] == 1

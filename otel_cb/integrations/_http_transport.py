@@ -245,8 +245,22 @@ class _Exchange:
         of its stream) ends."""
         self._unguard()
         if self._judge_head(response):
-            response.stream = body(response.stream, self)
+            if response.is_closed:
+                # Read and closed by the inner transport already (an in-memory body, as
+                # httpx.MockTransport returns): no stream will end later, so the verdict lands now.
+                self._body_read(response)
+            else:
+                response.stream = body(response.stream, self)
         return response
+
+    def _body_read(self, response: httpx.Response) -> None:
+        if self.chunks is not None:
+            try:
+                self.body_chunk(response.content)
+            except httpx.ResponseNotRead:
+                self.chunks = None
+        self.body_complete()
+        self.body_closed()
 
     def _judge_head(self, response: httpx.Response) -> bool:
         """Classify the response head. True: the verdict waits for the body."""
@@ -319,6 +333,9 @@ class _Exchange:
         if permit is not None and not permit.done:
             self._record_success()
         self.chunks = None
+        # The response holds its stream (our body wrapper), which holds this exchange: letting go of the
+        # response breaks the cycle, so a finished request is freed by reference counting, not by the GC.
+        self.response = None
 
     # -- shared -----------------------------------------------------------------
 
