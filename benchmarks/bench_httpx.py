@@ -193,7 +193,8 @@ def _layer_cost(httpx: Any, url: str, calls: int) -> tuple[float, float]:
     The inner call answers at once with a streamed body, as ``HTTPTransport``
     does; the client's part (read the body, close the response) is on both
     sides. Batches alternate bare / wrapped; each figure is the median over
-    pairs of their difference.
+    pairs of their difference, in CPU time of this thread (the layer does no
+    I/O), so other processes' load does not count.
     """
     import gc
 
@@ -225,10 +226,10 @@ def _layer_cost(httpx: Any, url: str, calls: int) -> tuple[float, float]:
     def batch(fn: Any, count: int) -> float:
         gc.disable()
         try:
-            start = time.perf_counter()
+            start = time.thread_time()
             for _ in range(count):
                 fn()
-            return (time.perf_counter() - start) / count
+            return (time.thread_time() - start) / count
         finally:
             gc.enable()
 
