@@ -1,28 +1,49 @@
 """The core breaker against pybreaker, circuitbreaker, purgatory, aiobreaker and interlock-cb.
 
-Every library guards the same trivial function with its own decorator, in the
-closed state with every failure rule it has switched on (otel-cb: consecutive
-failures, failure rate and slow-call rate over a 60 s time window). Figures:
+Every library guards the same trivial function in the closed state with every
+failure rule it has switched on (otel-cb: consecutive failures, failure rate
+and slow-call rate over a 60 s time window), in each call form it offers:
 
-- sync / async overhead: time per decorated call minus time per bare call;
-- rejection: time per call refused while open (the exception raised and caught);
+- decorated sync / async: time per decorated call minus time per bare call;
+- ``call(fn)`` / ``await call_async(fn)``: the same through the call method;
+- rejection while open: time per call refused (raised and caught), after
+  tripping the breaker with failures, and after forcing it open;
 - memory: bytes traced by ``tracemalloc`` per idle breaker, 10,000 of them.
 
-Each figure is the minimum over repeats, timed with the garbage collector off,
-all libraries interleaved in every repeat so drift hits them alike. Ratios are
-the library's figure over otel-cb's (above 1.0: otel-cb is cheaper).
+Every round measures every library and form once, interleaved, with the
+garbage collector off, so drift hits them alike; each figure is the median of
+its rounds. Open timeouts are an hour, far longer than any run, so a tripped
+breaker never lets a probe through however slow the machine.
+
+Old against new: set ``OTEL_CB_BENCH_BASELINE`` to a directory holding a copy
+of an earlier ``otel_cb`` package under another name, and that copy is measured
+as one more library in the same rounds, with the median of the per-round
+ratios new/old. A copy of main, for instance::
+
+    mkdir -p /tmp/base && git archive main otel_cb | tar -x -C /tmp/base
+    mv /tmp/base/otel_cb /tmp/base/otel_cb_main
+    OTEL_CB_BENCH_BASELINE=/tmp/base/otel_cb_main .venv/bin/python -m benchmarks.run --only bench_core
+
+(the core imports itself relatively, so the renamed copy runs as it is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import importlib
+import operator
+import os
+import statistics
+import sys
 import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 __all__ = ["TITLE", "run"]
@@ -30,6 +51,8 @@ __all__ = ["TITLE", "run"]
 TITLE = "Core breaker: overhead per call, rejection, memory"
 
 Sync = Callable[[], Any]
+OPEN_SECONDS = 3600  # far longer than any run: a tripped breaker stays open
+FORMS = ("sync", "call", "async", "call_async", "reject", "forced")
 
 
 class Boom(Exception):
@@ -38,37 +61,49 @@ class Boom(Exception):
 
 @dataclass
 class Subject:
-    """One library: how to build a breaker, decorate with it, and open it."""
+    """One library: how to build a breaker, call through it in each form, and force it open."""
 
     name: str
     build: Callable[[str], Any]
-    decorate: Callable[[Any, Callable[..., Any]], Callable[..., Any]]
+    decorate: Callable[[Any, Callable[..., Any]], Callable[..., Any]] = lambda breaker, fn: breaker(fn)
+    call: Callable[[Any, Callable[..., Any]], Callable[[], Any]] | None = None
+    call_async: Callable[[Any, Callable[..., Any]], Callable[[], Any]] | None = None
+    force_open: Callable[[Any], None] | None = None
     async_ok: bool = True
     results: dict[str, float | None] = field(default_factory=dict)
 
 
-def _otel_cb(name: str) -> Any:
-    from otel_cb import CircuitBreaker
+def _otel_cb_subject(name: str, module: str) -> Subject:
+    configs: list[Any] = []
 
-    return CircuitBreaker(name)  # default config: all three rules on
+    def build(breaker_name: str) -> Any:
+        package = importlib.import_module(module)
+        if not configs:
+            # The default config (all three rules on), open for an hour once
+            # tripped; one for all, as a service shares its config objects.
+            configs.append(package.CircuitBreakerConfig(open_timeout=OPEN_SECONDS, max_open_timeout=OPEN_SECONDS))
+        return package.CircuitBreaker(breaker_name, configs[0])
+
+    return Subject(name, build, call=_partial_call, call_async=_partial_call_async,
+                   force_open=lambda b: b.force_open())
 
 
 def _pybreaker(name: str) -> Any:
     import pybreaker
 
-    return pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, name=name)
+    return pybreaker.CircuitBreaker(fail_max=5, reset_timeout=OPEN_SECONDS, name=name)
 
 
 def _circuitbreaker(name: str) -> Any:
     import circuitbreaker
 
-    return circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=30, name=name)
+    return circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=OPEN_SECONDS, name=name)
 
 
 def _aiobreaker(name: str) -> Any:
     import aiobreaker
 
-    return aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=timedelta(seconds=30), name=name)
+    return aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=timedelta(seconds=OPEN_SECONDS), name=name)
 
 
 def _interlock(name: str) -> Any:
@@ -76,7 +111,7 @@ def _interlock(name: str) -> Any:
 
     config = interlock.Config(
         failure_rate_threshold=0.5, minimum_number_of_calls=10,
-        slow_call_duration_threshold=5.0, slow_call_rate_threshold=0.5, wait_duration_in_open=30.0,
+        slow_call_duration_threshold=5.0, slow_call_rate_threshold=0.5, wait_duration_in_open=OPEN_SECONDS,
     )
     return interlock.CircuitBreaker(name=name, config=config)
 
@@ -85,8 +120,8 @@ def _purgatory(name: str) -> Any:
     import purgatory
 
     # A breaker is a name inside a factory; its decorator looks it up on each call.
-    return (purgatory.SyncCircuitBreakerFactory(default_threshold=5, default_ttl=30),
-            purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30), name)
+    return (purgatory.SyncCircuitBreakerFactory(default_threshold=5, default_ttl=OPEN_SECONDS),
+            purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=OPEN_SECONDS), name)
 
 
 def _decorate_purgatory(breaker: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -95,18 +130,41 @@ def _decorate_purgatory(breaker: Any, fn: Callable[..., Any]) -> Callable[..., A
     return factory(name)(fn)  # type: ignore[no-any-return]
 
 
-def _plain(breaker: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
-    return breaker(fn)  # type: ignore[no-any-return]
+# ``breaker.call(fn)`` as users write it, the method looked up on every call,
+# with no Python frame of ours around it (both are C callables).
+def _partial_call(breaker: Any, fn: Callable[..., Any]) -> Callable[[], Any]:
+    return functools.partial(operator.methodcaller("call", fn), breaker)
 
 
-SUBJECTS = [
-    ("otel-cb", _otel_cb, _plain, True),
-    ("pybreaker", _pybreaker, _plain, False),  # its async support needs Tornado
-    ("circuitbreaker", _circuitbreaker, _plain, True),
-    ("purgatory", _purgatory, _decorate_purgatory, True),
-    ("aiobreaker", _aiobreaker, _plain, True),
-    ("interlock-cb", _interlock, _plain, True),
-]
+def _partial_call_async(breaker: Any, fn: Callable[..., Any]) -> Callable[[], Any]:
+    return functools.partial(operator.methodcaller("call_async", fn), breaker)
+
+
+def _pybreaker_open(breaker: Any) -> None:
+    breaker.open()
+
+
+def subjects() -> list[Subject]:
+    """otel-cb first (then the baseline copy, if one is set), then the competitors."""
+    found = [
+        _otel_cb_subject("otel-cb", "otel_cb"),
+        # Its async support needs Tornado; open() is its forced open (until the timeout).
+        Subject("pybreaker", _pybreaker, call=_partial_call, force_open=_pybreaker_open, async_ok=False),
+        Subject("circuitbreaker", _circuitbreaker, call=_partial_call),
+        Subject("purgatory", _purgatory, _decorate_purgatory),
+        Subject("aiobreaker", _aiobreaker, call=_partial_call, call_async=_partial_call_async,
+                force_open=_pybreaker_open),
+        Subject("interlock-cb", _interlock, call=_partial_call, call_async=_partial_call_async,
+                force_open=lambda b: b.force_open()),
+    ]
+    baseline = os.environ.get("OTEL_CB_BENCH_BASELINE")
+    if baseline:
+        path = Path(baseline).resolve()
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        # Beside otel-cb, so the two are timed back to back in every round.
+        found.insert(1, _otel_cb_subject(f"otel-cb baseline ({path.name})", path.name))
+    return found
 
 
 def _time_sync(fn: Sync, n: int) -> float:
@@ -122,7 +180,7 @@ def _time_rejections(fn: Sync, n: int) -> float:
         try:
             fn()
         except Boom:
-            raise AssertionError("a rejected call reached the function") from None
+            raise AssertionError("a rejected call reached the function: the breaker let a probe through") from None
         except Exception:
             pass
     return (time.perf_counter() - start) / n
@@ -147,54 +205,71 @@ def _trip(fn: Sync) -> None:
     raise AssertionError("breaker never opened")
 
 
-def _measure_calls(subjects: list[Subject], calls: int, repeats: int) -> None:
-    def bare() -> int:
-        return 1
+def _bare() -> int:
+    return 1
 
-    async def abare() -> int:
-        return 1
 
-    failing = {"on": False}
+async def _abare() -> int:
+    return 1
 
-    def flaky() -> int:
-        if failing["on"]:
-            raise Boom
-        return 1
 
-    sync_fns = {s.name: s.decorate(s.build(f"bench_{s.name}"), bare) for s in subjects}
-    async_fns = {s.name: s.decorate(s.build(f"bench_async_{s.name}"), abare) for s in subjects if s.async_ok}
-    flaky_fns = {s.name: s.decorate(s.build(f"bench_open_{s.name}"), flaky) for s in subjects}
-    for fn in sync_fns.values():
+def _boom() -> int:
+    raise Boom
+
+
+def _measure_calls(subjects: list[Subject], calls: int, rounds: int) -> dict[tuple[str, str], list[float]]:
+    """Per (library, form), the figure of every round (overheads net of that round's bare call).
+
+    A round times one form after another, every library back to back within a
+    form, its bare call first: figures compared with each other are measured
+    moments apart, so a burst of load on a shared machine hits them alike.
+    """
+    plan: dict[str, dict[str, Callable[[], Any]]] = {form: {} for form in FORMS}
+    plan["sync"]["bare"] = plan["call"]["bare"] = _bare
+    plan["async"]["bare"] = plan["call_async"]["bare"] = _abare
+    for s in subjects:
+        plan["sync"][s.name] = s.decorate(s.build(f"bench_{s.name}"), _bare)
+        if s.call is not None:
+            plan["call"][s.name] = s.call(s.build(f"bench_call_{s.name}"), _bare)
+        if s.async_ok:
+            plan["async"][s.name] = s.decorate(s.build(f"bench_async_{s.name}"), _abare)
+        if s.call_async is not None:
+            plan["call_async"][s.name] = s.call_async(s.build(f"bench_call_async_{s.name}"), _abare)
+        tripped = s.decorate(s.build(f"bench_open_{s.name}"), _boom)
+        _trip(tripped)
+        plan["reject"][s.name] = tripped
+        if s.force_open is not None:
+            breaker = s.build(f"bench_forced_{s.name}")
+            s.force_open(breaker)
+            plan["forced"][s.name] = s.decorate(breaker, _boom)
+    for fn in plan["sync"].values():
         assert fn() == 1
-    failing["on"] = True
-    for fn in flaky_fns.values():
-        _trip(fn)
 
     loop = asyncio.new_event_loop()
-    best: dict[tuple[str, str], float] = {}
-
-    def keep(key: tuple[str, str], value: float) -> None:
-        best[key] = min(best.get(key, value), value)
-
+    figures: dict[tuple[str, str], list[float]] = {}
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(repeats):
-            keep(("bare", "sync"), _time_sync(bare, calls))
-            keep(("bare", "async"), loop.run_until_complete(_time_async(abare, calls)))
-            for s in subjects:
-                keep((s.name, "sync"), _time_sync(sync_fns[s.name], calls))
-                if s.async_ok:
-                    keep((s.name, "async"), loop.run_until_complete(_time_async(async_fns[s.name], calls)))
-                keep((s.name, "reject"), _time_rejections(flaky_fns[s.name], calls))
+        for _ in range(rounds):
+            for form, fns in plan.items():
+                bare = 0.0
+                for name, fn in fns.items():
+                    if form in ("async", "call_async"):
+                        taken = loop.run_until_complete(_time_async(fn, calls))
+                    elif form in ("reject", "forced"):
+                        taken = _time_rejections(fn, calls)
+                    else:
+                        taken = _time_sync(fn, calls)
+                    if name == "bare":
+                        bare = taken
+                    else:
+                        figures.setdefault((name, form), []).append(taken - bare)
+                gc.collect()  # outside the timing: what a competitor left behind costs it nothing
     finally:
         if gc_was_on:
             gc.enable()
         loop.close()
-    for s in subjects:
-        s.results["sync"] = best[(s.name, "sync")] - best[("bare", "sync")]
-        s.results["async"] = best[(s.name, "async")] - best[("bare", "async")] if s.async_ok else None
-        s.results["reject"] = best[(s.name, "reject")]
+    return figures
 
 
 def _measure_memory(subjects: list[Subject], count: int) -> None:
@@ -218,46 +293,64 @@ def _cell(value: float | None, base: float | None, unit: str, scale: float, digi
     return text
 
 
+def _paired_ratio(figures: dict[tuple[str, str], list[float]], a: str, b: str, form: str) -> float | None:
+    """Median over rounds of a's figure over b's in the same round."""
+    if (a, form) not in figures or (b, form) not in figures:
+        return None
+    ratios = [x / y for x, y in zip(figures[(a, form)], figures[(b, form)], strict=True) if y > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def run(quick: bool) -> str:
     """Measure every subject and return the markdown tables."""
-    calls, repeats, breakers = (2_000, 2, 500) if quick else (100_000, 7, 10_000)
-    subjects = [Subject(name, build, decorate, async_ok) for name, build, decorate, async_ok in SUBJECTS]
+    calls, rounds, breakers = (2_000, 3, 500) if quick else (50_000, 15, 10_000)
+    found = subjects()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some competitors warn about deprecated loop APIs
-        _measure_calls(subjects, calls, repeats)
-        _measure_memory(subjects, breakers)
-    ours = subjects[0].results
+        figures = _measure_calls(found, calls, rounds)
+        _measure_memory(found, breakers)
+    for s in found:
+        for form in FORMS:
+            values = figures.get((s.name, form))
+            s.results[form] = statistics.median(values) if values else None
+    ours = found[0].results
     rows = [
-        "| library | sync overhead | async overhead | rejection while open | memory per idle breaker |",
-        "|---|---|---|---|---|",
+        "| library | decorated sync | `call(fn)` | decorated async | `await call_async(fn)` "
+        "| rejection (tripped) | rejection (forced open) | memory per idle breaker |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for s in subjects:
+    for s in found:
         r = s.results
-        rows.append(
-            f"| {s.name} | {_cell(r['sync'], ours['sync'], 'us', 1e6, 3)} "
-            f"| {_cell(r['async'], ours['async'], 'us', 1e6, 3)} "
-            f"| {_cell(r['reject'], ours['reject'], 'us', 1e6, 3)} "
-            f"| {_cell(r['memory'], ours['memory'], 'B', 1.0, 0)} |"
-        )
-    by_name = {s.name: s.results for s in subjects}
+        cells = [_cell(r[form], ours[form], "us", 1e6, 3) for form in FORMS]
+        rows.append(f"| {s.name} | {' | '.join(cells)} | {_cell(r['memory'], ours['memory'], 'B', 1.0, 0)} |")
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "missed"
 
-    def ratio(a: float | None, b: float | None) -> float:
-        return (a or 0.0) / b if b else float("inf")
-
-    targets = [
-        ("sync overhead <= circuitbreaker's", ratio(ours["sync"], by_name["circuitbreaker"]["sync"]), 1.0),
-        ("async overhead <= 1/2 of aiobreaker's", ratio(ours["async"], by_name["aiobreaker"]["async"]), 0.5),
-        ("rejection <= 1/3 of pybreaker's", ratio(ours["reject"], by_name["pybreaker"]["reject"]), 1 / 3),
+    ours_name = found[0].name
+    targets: list[tuple[str, float | None, float]] = [
+        ("sync overhead <= circuitbreaker's", _paired_ratio(figures, ours_name, "circuitbreaker", "sync"), 1.0),
+        ("async overhead <= 1/2 of aiobreaker's", _paired_ratio(figures, ours_name, "aiobreaker", "async"), 0.5),
+        ("call_async overhead <= 1/2 of aiobreaker's",
+         _paired_ratio(figures, ours_name, "aiobreaker", "call_async"), 0.5),
+        ("rejection <= 1/3 of pybreaker's", _paired_ratio(figures, ours_name, "pybreaker", "reject"), 1 / 3),
+        ("forced-open rejection <= 1/3 of pybreaker's",
+         _paired_ratio(figures, ours_name, "pybreaker", "forced"), 1 / 3),
         ("memory per idle breaker <= 2 KiB", (ours["memory"] or 0.0) / 2048, 1.0),
     ]
     rows += ["", "| target | otel-cb / reference | limit | |", "|---|---|---|---|"]
-    rows += [f"| {label} | {value:.2f} | {limit:.2f} | {verdict(value <= limit)} |" for label, value, limit in targets]
+    rows += [f"| {label} | {value:.2f} | {limit:.2f} | {verdict(value <= limit)} |"
+             for label, value, limit in targets if value is not None]
+    baseline = next((s.name for s in found if s.name.startswith("otel-cb baseline")), None)
+    if baseline is not None:
+        rows += ["", f"| form | otel-cb / {baseline} (median of paired rounds) |", "|---|---|"]
+        for form in FORMS:
+            ratio = _paired_ratio(figures, ours_name, baseline, form)
+            if ratio is not None:
+                rows.append(f"| {form} | {ratio:.3f} |")
     rows.append("")
     rows.append(
-        f"{calls:,} calls per measurement, best of {repeats}; memory over {breakers:,} breakers. "
-        "Ratios in parentheses: that library's figure over otel-cb's."
+        f"{calls:,} calls per measurement, median of {rounds} rounds; memory over {breakers:,} breakers. "
+        "Ratios in parentheses: that library's figure over otel-cb's; targets: medians of per-round ratios."
     )
     return "\n".join(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _telemetry_default
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitBreakerError, CircuitOpenError
@@ -15,6 +16,9 @@ from ._protected import CircuitProtected
 from ._registry import CircuitBreakerRegistry, registry
 from ._state import CircuitState, StateChangeEvent
 from ._version import __version__
+
+# Telemetry is on by default; this loads no OpenTelemetry until a breaker exists.
+_telemetry_default.install()
 
 if TYPE_CHECKING:
     from ._instrument import instrument, uninstrument

@@ -36,6 +36,7 @@ _ENV_OPTIONS = {
     "service_name": "OTEL_SERVICE_NAME",
     "traces_exporter": "OTEL_TRACES_EXPORTER",
     "metrics_exporter": "OTEL_METRICS_EXPORTER",
+    "admin_address": "OTEL_CB_ADMIN_ADDRESS",
 }
 _ENV_OPTION_OF = {variable: option for option, variable in _ENV_OPTIONS.items()}
 
@@ -65,6 +66,8 @@ def _instrument_parser() -> _Parser:
     parser.add_argument("--service-name", help="OTEL_SERVICE_NAME")
     parser.add_argument("--traces-exporter", help="OTEL_TRACES_EXPORTER: otlp, console or none")
     parser.add_argument("--metrics-exporter", help="OTEL_METRICS_EXPORTER: otlp, prometheus, console or none")
+    parser.add_argument("--admin-address", metavar="ADDRESS", help="serve the admin endpoint at ADDRESS: PORT, "
+                        "HOST:PORT or unix:/PATH, {pid} for the process id (OTEL_CB_ADMIN_ADDRESS; default off)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # Optional for argparse, so that a missing command gets our one-line usage error, not "required: command, args".
     parser.add_argument("command", nargs="?", help="the program to run, e.g. python, uvicorn")
@@ -153,6 +156,14 @@ def instrument_main(argv: Sequence[str] | None = None) -> int:
         value = getattr(options, option)
         if value is not None:
             env[variable] = value
+    if env.get("OTEL_CB_ADMIN_ADDRESS"):
+        from .admin._address import parse_address
+
+        try:
+            parse_address(env["OTEL_CB_ADMIN_ADDRESS"])
+        except ValueError as exc:
+            label = "--admin-address" if options.admin_address is not None else "OTEL_CB_ADMIN_ADDRESS"
+            return _fail(str(exc).replace("admin address", label, 1))
     if env.get("OTEL_CB_CONFIG"):
         # Absolute, so child processes started in another directory read the same file.
         env["OTEL_CB_CONFIG"] = os.path.abspath(env["OTEL_CB_CONFIG"])
@@ -208,6 +219,9 @@ def _main_parser() -> _Parser:
     check = config_commands.add_parser("check", help="validate a config file and print every error")
     check.add_argument("path", metavar="PATH")
     check.set_defaults(run=_config_check)
+    from .admin._commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

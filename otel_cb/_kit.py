@@ -14,7 +14,7 @@ asks ``select_breaker`` for its breaker, takes a permit, and then uses these:
 - ``annotate_span``: the breaker's name and state on the current span,
   importing telemetry only when first used;
 - ``parse_items``: a list setting (status codes, SQLSTATEs...) checked item
-  by item, with the error every integration words the same way.
+  by item, with the error every integration words the same way;
 
 Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 """
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
     from ._state import CircuitState, Verdict
 
-__all__ = ["ExceptionRule", "annotate_span", "classify_exception", "parse_items", "section_settings",
-           "serve_fallback"]
+__all__ = ["ExceptionRule", "annotate_span", "classify_exception", "parse_items",
+           "section_settings", "serve_fallback"]
 
 T = TypeVar("T")
 

@@ -20,6 +20,7 @@ skipped with a warning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _MAX_LOGGED = 10_000
 _logged: set[Hashable] = set()
 _logged_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_logged_lock=threading.Lock()))  # held at a fork
 
 
 def log_once(key: Hashable, message: str, *args: object, exc_info: bool = False) -> None:
@@ -503,7 +505,8 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
     and skipped.
 
     Returns:
-        Per key, ``(plugin_name, validate)`` of each plugin that declared it.
+        Per key, ``(plugin_name, validate)`` of each plugin that declared it
+        (a validator that several plugins declare for one key, once).
     """
     manager = new_manager()
     register(manager, _SharedStateKeys(), "otel_cb.shared_state")
@@ -516,5 +519,8 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
                      "%s, not a mapping of key to validator; its keys are unknown", plugin_name, _shown(declared))
             continue
         for key, check in declared.items():
-            keys.setdefault(key, []).append((plugin_name, check))
+            declarers = keys.setdefault(key, [])
+            # Plugins sharing a key and its validator (httpx and requests: failure_statuses) check it once.
+            if all(check is not known for _, known in declarers):
+                declarers.append((plugin_name, check))
     return keys

@@ -39,7 +39,7 @@ _QUOTED_PARAM = re.compile(
     f"(?P<name>(?P<q>['\"]){_NAME}(?P=q))(?P<sep>\\s*:\\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\\s,}}\\]]+)",
     re.IGNORECASE)
 
-LOGGERS = ("otel_cb", "otel_cb.shared")
+LOGGERS = ("otel_cb", "otel_cb.shared", "otel_cb.admin")
 """Every logger otel-cb logs through; each one's records are masked."""
 
 _MAX_SHOWN = 80

@@ -1,8 +1,14 @@
-"""`CircuitBreakerRegistry`: breakers by name, so one name always means one breaker."""
+"""`CircuitBreakerRegistry`: breakers by name, so one name always means one breaker.
+
+Every registry's lock is renewed in a forked child (``os.register_at_fork``):
+a parent thread holding it at the fork cannot block the child.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 from ._breaker import CircuitBreaker
@@ -25,6 +31,7 @@ class CircuitBreakerRegistry:
         # and an observer may well look at the registry.
         self._lock = threading.RLock()
         self._breakers: dict[str, CircuitBreaker] = {}
+        _live_registries.add(self)
 
     def get_or_create(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
         """Return the breaker called ``name``, creating it with ``config`` if new.
@@ -82,6 +89,16 @@ class CircuitBreakerRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._breakers
 
+
+_live_registries: weakref.WeakSet[CircuitBreakerRegistry] = weakref.WeakSet()
+
+
+def _renew_locks_in_child() -> None:
+    for live in list(_live_registries):
+        live._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_renew_locks_in_child)
 
 registry = CircuitBreakerRegistry()
 """The process-wide registry that the instrumentation and plugins use."""

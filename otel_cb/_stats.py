@@ -2,21 +2,27 @@
 
 Recording an OpenTelemetry instrument on every call would cost more than the
 breaker itself, so the call path only bumps integers here; the telemetry
-module turns them into metrics when a reader collects.
+module turns them into metrics when a reader collects. ``CallCounters`` holds
+the call counts of ``snapshot().calls``, ``slow_calls`` and ``fallbacks``;
+``DurationHistogram`` the optional duration buckets. The state machine
+(``_states``) decides what happened; this module only counts it.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BOUNDARIES", "DurationHistogram", "HistogramData", "OUTCOMES"]
+__all__ = ["CallCounters", "DEFAULT_BOUNDARIES", "DurationHistogram", "FALLBACK_OUTCOMES", "HistogramData", "OUTCOMES"]
 
 # OpenTelemetry's recommended boundaries for client-call durations, in seconds.
 DEFAULT_BOUNDARIES: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
 OUTCOMES = ("success", "failure", "ignored")
+FALLBACK_OUTCOMES = ("success", "failure", "refused")
+_FALLBACK_INDEX = {outcome: index for index, outcome in enumerate(FALLBACK_OUTCOMES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +35,65 @@ class HistogramData:
     sum: float
 
 
+class CallCounters:
+    """Calls since the breaker was made, by outcome; the caller holds the breaker's lock.
+
+    Successes of the current closed stay's fast path are counted by that stay
+    (``_states.Closed``) and added here when it ends, so ``success`` alone is
+    not the total: read it through ``snapshot()``.
+
+    Rejections are counted without the lock (rejecting while open takes none):
+    ``next(counters.rejections)`` on an ``itertools.count`` is one atomic step
+    for the interpreter. ``rejected()`` reads it by taking one more value and
+    subtracting the values earlier reads took.
+    """
+
+    __slots__ = ("success", "failure", "ignored", "slow_success", "slow_failure", "_fallbacks",
+                 "rejections", "_reads")
+
+    def __init__(self) -> None:
+        self.success = self.failure = self.ignored = 0
+        self.slow_success = self.slow_failure = 0
+        self._fallbacks = [0] * len(FALLBACK_OUTCOMES)
+        self.rejections = itertools.count()
+        self._reads = 0
+
+    def count(self, failed: bool, slow: bool) -> None:
+        """One success or failure, slow or not."""
+        if failed:
+            self.failure += 1
+            self.slow_failure += slow
+        else:
+            self.success += 1
+            self.slow_success += slow
+
+    def count_fallback(self, outcome: str) -> None:
+        """One fallback served.
+
+        Raises:
+            ValueError: for an outcome not in ``FALLBACK_OUTCOMES``.
+        """
+        try:
+            self._fallbacks[_FALLBACK_INDEX[outcome]] += 1
+        except KeyError:
+            raise ValueError(f"outcome: {outcome!r} is not allowed; use 'success', 'failure' or 'refused'") from None
+
+    def fallbacks(self) -> dict[str, int]:
+        """Fallbacks served, by outcome."""
+        return dict(zip(FALLBACK_OUTCOMES, self._fallbacks, strict=True))
+
+    def rejected(self) -> int:
+        """Rejections so far (the breaker's lock held: reads must not interleave)."""
+        taken = next(self.rejections) - self._reads
+        self._reads += 1
+        return taken
+
+
 class DurationHistogram:
     """Bucketed call durations per outcome; the caller holds the breaker's lock.
 
-    The breaker's closed-state success path bumps ``counts`` and ``sums``
-    inline, because a method call would cost more than the bucketing itself;
-    for the same reason no min or max is kept (both are optional in OTLP).
+    No min or max is kept (both are optional in OTLP): recording stays one
+    bisect and two additions.
     """
 
     __slots__ = ("boundaries", "counts", "sums")

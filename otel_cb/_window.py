@@ -6,21 +6,20 @@ its lock. Buckets are allocated on the first recorded call, so an idle breaker
 costs almost nothing.
 
 ``add_success`` is the breaker's hot path (a fast success in the closed
-state); it returns True when older outcomes have just left the window, the
-one way a success can raise a rate, so the breaker re-checks its rules only
-then. Faster still, while ``now < head_end`` the breaker adds a success itself:
-``head_calls[head_slot] += 1; total += 1`` (a method call costs as much as the
-rest of the hot path). A count window's ``head_end`` is always -inf.
+state); it returns True when the rate rules must be looked at again: older
+outcomes have just left the window (the one way a success can raise a rate), or
+the window has just reached ``check_at`` calls (the closed state's
+``minimum_calls``), so the breaker re-checks its rules only then.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 __all__ = ["CountWindow", "TimeWindow", "Window"]
 
 _NEVER = -math.inf
+_UNALLOCATED: list[int] = []
 
 
 class TimeWindow:
@@ -33,35 +32,39 @@ class TimeWindow:
     newest bucket.
     """
 
-    __slots__ = ("_n", "_width", "head_calls", "_failures", "_slow", "_head", "head_slot", "head_end",
-                 "total", "failures", "slow")
+    __slots__ = ("_n", "_width", "_calls", "_failures", "_slow", "_head", "_head_slot", "_head_end",
+                 "_check_at", "total", "failures", "slow")
 
-    def __init__(self, size: float) -> None:
+    def __init__(self, size: float, check_at: int = 0) -> None:
         self._n = min(60, max(10, math.ceil(size)))
         self._width = size / self._n
-        self.head_calls: list[int] = []
-        self._failures: list[int] = []
-        self._slow: list[int] = []
+        # One shared empty list until the first call: never mutated, replaced whole by ``_advance``.
+        self._calls: list[int] = _UNALLOCATED
+        self._failures: list[int] = _UNALLOCATED
+        self._slow: list[int] = _UNALLOCATED
         self._head = 0  # index of the newest bucket (clock time // width)
-        self.head_slot = 0  # where the newest bucket sits in the lists
-        self.head_end = _NEVER  # clock time at which the newest bucket ends
+        self._head_slot = 0  # where the newest bucket sits in the lists
+        self._head_end = _NEVER  # clock time at which the newest bucket ends
+        self._check_at = check_at
         self.total = 0
         self.failures = 0
         self.slow = 0
 
     def add_success(self, now: float) -> bool:
-        """Add a success that was not slow; True when older outcomes just expired."""
-        if now < self.head_end:
-            self.head_calls[self.head_slot] += 1
-            self.total += 1
-            return False
-        return self.record(now, False, False)
+        """Add a success that was not slow; True when the rate rules must be checked again
+        (older outcomes just expired, or the window just reached ``check_at`` calls)."""
+        if now < self._head_end:
+            # Same bucket as the last call: nothing ages.
+            self._calls[self._head_slot] += 1
+            total = self.total = self.total + 1
+            return total == self._check_at
+        return self.record(now, False, False) or self.total == self._check_at
 
     def record(self, now: float, failed: bool, slow: bool) -> bool:
         """Add one outcome observed at ``now``; True when older outcomes just expired."""
-        aged = self._advance(now) if now >= self.head_end else False
-        slot = self.head_slot
-        self.head_calls[slot] += 1
+        aged = self._advance(now) if now >= self._head_end else False
+        slot = self._head_slot
+        self._calls[slot] += 1
         self.total += 1
         if failed:
             self._failures[slot] += 1
@@ -73,13 +76,13 @@ class TimeWindow:
 
     def counts(self, now: float) -> tuple[int, int, int]:
         """``(total, failures, slow)`` as seen at ``now``, without changing the window."""
-        if now < self.head_end or not self.head_calls:
+        if now < self._head_end or not self._calls:
             return self.total, self.failures, self.slow
         steps = min(int(now // self._width) - self._head, self._n)
         total, failures, slow = self.total, self.failures, self.slow
         for step in range(1, steps + 1):
-            slot = (self.head_slot + step) % self._n
-            total -= self.head_calls[slot]
+            slot = (self._head_slot + step) % self._n
+            total -= self._calls[slot]
             failures -= self._failures[slot]
             slow -= self._slow[slot]
         return total, failures, slow
@@ -88,8 +91,8 @@ class TimeWindow:
         """Make the bucket of ``now`` the newest; True if outcomes expired."""
         n = self._n
         idx = int(now // self._width)
-        if not self.head_calls:
-            self.head_calls, self._failures, self._slow = [0] * n, [0] * n, [0] * n
+        if not self._calls:
+            self._calls, self._failures, self._slow = [0] * n, [0] * n, [0] * n
             aged = False
         else:
             steps = idx - self._head
@@ -100,21 +103,21 @@ class TimeWindow:
             if steps >= n:
                 self._clear()
             else:
-                calls, failures, slow = self.head_calls, self._failures, self._slow
+                calls, failures, slow = self._calls, self._failures, self._slow
                 for step in range(1, steps + 1):
-                    slot = (self.head_slot + step) % n
+                    slot = (self._head_slot + step) % n
                     self.total -= calls[slot]
                     self.failures -= failures[slot]
                     self.slow -= slow[slot]
                     calls[slot] = failures[slot] = slow[slot] = 0
             aged = self.total < before
         self._head = idx
-        self.head_slot = idx % n
-        self.head_end = (idx + 1) * self._width
+        self._head_slot = idx % n
+        self._head_end = (idx + 1) * self._width
         return aged
 
     def _clear(self) -> None:
-        for buckets in (self.head_calls, self._failures, self._slow):
+        for buckets in (self._calls, self._failures, self._slow):
             for i in range(len(buckets)):
                 buckets[i] = 0
         self.total = self.failures = self.slow = 0
@@ -122,20 +125,17 @@ class TimeWindow:
     def reset(self) -> None:
         """Forget every outcome."""
         self._clear()
-        self.head_end = _NEVER
+        self._head_end = _NEVER
 
 
 class CountWindow:
     """Outcomes of the last ``size`` calls, in a ring of one byte per call."""
 
-    __slots__ = ("_size", "_ring", "_pos", "total", "failures", "slow")
+    __slots__ = ("_size", "_ring", "_pos", "_check_at", "total", "failures", "slow")
 
-    head_end: ClassVar[float] = _NEVER  # never the breaker's inline fast lane
-    head_calls: ClassVar[list[int]] = []
-    head_slot: ClassVar[int] = 0
-
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, check_at: int = 0) -> None:
         self._size = int(size)
+        self._check_at = check_at
         self._ring = bytearray()
         self._pos = 0
         self.total = 0
@@ -143,10 +143,11 @@ class CountWindow:
         self.slow = 0
 
     def add_success(self, now: float) -> bool:
-        """Add a success that was not slow. Always False: a count window never
-        ages, and a success pushing out the oldest call cannot raise a rate."""
+        """Add a success that was not slow; True when the window just reached
+        ``check_at`` calls (a count window never ages, and a success pushing
+        out the oldest call cannot raise a rate)."""
         self.record(now, False, False)
-        return False
+        return self.total == self._check_at
 
     def record(self, now: float, failed: bool, slow: bool) -> bool:
         """Add one outcome; the oldest falls out once the ring is full. Returns False."""

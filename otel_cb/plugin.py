@@ -47,7 +47,14 @@ from __future__ import annotations
 
 from ._call import Call, CallKind, Patch, Refusal, SectionValidator, Wrapper
 from ._config import parse_duration
-from ._kit import ExceptionRule, annotate_span, classify_exception, parse_items, section_settings, serve_fallback
+from ._kit import (
+    ExceptionRule,
+    annotate_span,
+    classify_exception,
+    parse_items,
+    section_settings,
+    serve_fallback,
+)
 from ._markers import PROJECT, hookimpl, hookspec
 from ._plugins import breaker_settings, classify, fallback, log_once, select_breaker
 from ._routing import destination_name

@@ -163,9 +163,7 @@ def test_clean_run_prints_nothing_without_collector() -> None:
     assert "Traceback" not in result.stderr
     assert "Transient error" not in result.stderr
     # one notice, saying where telemetry would go (never the endpoint's credentials)
-    assert result.stderr == (
-        "otel-cb: telemetry goes traces to OTLP/grpc http://127.0.0.1:9, metrics to OTLP/grpc http://127.0.0.1:9\n"
-    )
+    assert result.stderr == "otel-cb sends traces, metrics and logs over OTLP/gRPC to http://127.0.0.1:9.\n"
 
 
 def test_otel_cb_plugins_lists_every_plugin(site: Path) -> None:

@@ -53,7 +53,7 @@ def test_from_config_returns_one_backend_per_setting(made: list[RedisSharedState
      "shared_state.probe_lease: 0.0 is not allowed; use a duration above 0 and below 1h"),
     ({"backend": "redis", "url": URL, "flush_interval": -1}, "shared_state.flush_interval: -1.0 is not allowed"),
     ({"backend": "redis", "url": URL, "pool_size": 3},
-     "shared_state.pool_size: unknown field (value 3); allowed fields: backend, flush_interval, namespace"),
+     "shared_state.pool_size: unknown field (value 3); allowed fields: backend, cluster, flush_interval, namespace"),
     (["redis"], "shared_state: ['redis'] is not allowed; use a mapping"),
 ])
 def test_bad_sections_name_the_field_the_value_and_what_is_allowed(section: object, message: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, StateChangeEvent, _observers
-from otel_cb.shared import RedisSharedState, running_locally
+from otel_cb.shared import RedisSharedState, fleet_action, running_locally
 from tests.redis_server import RedisServer, delete_namespace, namespace, redis_url, throwaway_redis
 
 __all__ = ["namespace", "redis_url", "throwaway_redis"]  # fixtures
@@ -333,7 +333,8 @@ def test_redis_stopped_and_restarted(throwaway_redis: RedisServer, caplog: pytes
         fail(a, 1)  # the probe... a's breaker reopens locally
         assert a.state is CircuitState.OPEN
         assert b.state is CircuitState.CLOSED  # nothing could reach b meanwhile
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        # (the otel_cb logger also logs the transitions: telemetry is on by default)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "otel_cb.shared"]
         assert len(warnings) == 2  # one per backend, not one per failed attempt
         assert "unavailable" in warnings[0].getMessage() and "127.0.0.1" in warnings[0].getMessage()
 
@@ -343,13 +344,13 @@ def test_redis_stopped_and_restarted(throwaway_redis: RedisServer, caplog: pytes
         assert wait_until(lambda: b.state is CircuitState.OPEN)
         assert wait_until(lambda: changes.count(("payments", False)) == 2)
         assert changes.count(("payments", True)) == 2 and changes[-2:] == [("payments", False)] * 2
-        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING and r.name == "otel_cb.shared"]) == 2
         # The call path's connections from before the outage are not reused dead: a probe lease
         # after the restart is a working round trip, not a second outage.
         time.sleep(0.35)
         a.acquire().release()
         assert not running_locally(a)
-        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING and r.name == "otel_cb.shared"]) == 2
     finally:
         _observers.remove_observer(watcher)
 
@@ -448,3 +449,103 @@ def test_a_foreign_message_on_the_channel_is_not_a_redis_fault(backends: Callabl
     time.sleep(0.2)
     assert not running_locally(breaker)
     assert backend._threads[1].is_alive()
+
+
+# -- fleet-wide operator actions --------------------------------------------------------------------
+
+
+def test_a_fleet_wide_force_open_reaches_every_process_within_100ms(
+        backends: Callable[..., RedisSharedState]) -> None:
+    latencies = []
+    for round_ in range(3):  # a latency bound: a machine busy with other work gets three tries
+        here, there, third = (backends().attach(CircuitBreaker(f"fleet-{round_}", config())) for _ in range(3))
+        reasons: list[str] = []
+        there.add_listener(lambda event, reasons=reasons: reasons.append(event.reason.value))
+        time.sleep(0.3)  # all subscribed
+        started = time.monotonic()
+        fleet_action(here, "force_open")
+        assert here.state is CircuitState.FORCED_OPEN  # this process at once
+        assert wait_until(lambda there=there, third=third: there.state is CircuitState.FORCED_OPEN
+                          and third.state is CircuitState.FORCED_OPEN)
+        latencies.append(time.monotonic() - started)
+        assert reasons == ["force_open"]  # the operator's reason, in every process
+        with pytest.raises(CircuitOpenError):
+            there.call(ok)
+        if latencies[-1] <= 0.1:
+            break
+    assert min(latencies) <= 0.1, latencies
+
+
+def test_a_process_that_starts_meanwhile_adopts_the_fleets_manual_state(
+        backends: Callable[..., RedisSharedState]) -> None:
+    first = backends().attach(CircuitBreaker("late", config()))
+    fleet_action(first, "disable")
+    late = backends().attach(CircuitBreaker("late", config()))
+    assert wait_until(lambda: late.state is CircuitState.DISABLED)
+    fleet_action(late, "force_open")
+    assert wait_until(lambda: first.state is CircuitState.FORCED_OPEN)
+    fleet_action(first, "reset")
+    assert wait_until(lambda: late.state is CircuitState.CLOSED)
+    later = backends().attach(CircuitBreaker("late", config()))
+    time.sleep(0.3)
+    assert later.state is CircuitState.CLOSED and first.state is CircuitState.CLOSED
+
+
+def test_a_fleet_wide_reset_resets_every_process_and_per_process_actions_stay_local(
+        backends: Callable[..., RedisSharedState]) -> None:
+    a = backends().attach(CircuitBreaker("mixed", config()))
+    b = backends().attach(CircuitBreaker("mixed", config()))
+    c = backends().attach(CircuitBreaker("mixed", config()))
+    time.sleep(0.3)
+    b.force_open()  # per process: the others stay closed
+    time.sleep(0.2)
+    assert a.state is CircuitState.CLOSED and c.state is CircuitState.CLOSED
+    fail(c, 3)  # a trip opens the fleet; b keeps its manual state
+    assert wait_until(lambda: a.state is CircuitState.OPEN)
+    assert b.state is CircuitState.FORCED_OPEN
+    fleet_action(a, "reset")
+    assert wait_until(lambda: b.state is CircuitState.CLOSED and c.state is CircuitState.CLOSED)
+    assert a.state is CircuitState.CLOSED
+    assert a.call(ok) == b.call(ok) == "ok"
+    # A fleet-wide manual state outlives a per-process reset: the fleet's word stands.
+    fleet_action(a, "force_open")
+    assert wait_until(lambda: c.state is CircuitState.FORCED_OPEN)
+    c.reset()
+    assert wait_until(lambda: c.state is CircuitState.FORCED_OPEN)
+
+
+def test_a_fleet_action_without_redis_changes_nothing_and_says_so(throwaway_redis: RedisServer,
+                                                                  namespace: str) -> None:
+    backend = RedisSharedState(throwaway_redis.url, namespace=namespace, **FAST)
+    try:
+        breaker = backend.attach(CircuitBreaker("down", config()))
+        time.sleep(0.2)
+        throwaway_redis.stop()
+        with pytest.raises(ConnectionError, match="nothing changed"):
+            fleet_action(breaker, "force_open")
+        assert breaker.state is CircuitState.CLOSED
+        assert breaker.call(ok) == "ok"
+    finally:
+        backend.close()
+
+
+def test_fleet_action_needs_shared_state() -> None:
+    with pytest.raises(ValueError, match="no shared state"):
+        fleet_action(CircuitBreaker("alone"), "force_open")
+    with pytest.raises(ValueError, match="action"):
+        fleet_action(CircuitBreaker("alone"), "explode")  # type: ignore[arg-type]
+
+
+def test_every_process_logs_an_operators_fleet_wide_action(backends: Callable[..., RedisSharedState],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    here = backends().attach(CircuitBreaker("audited", config()))
+    there = backends().attach(CircuitBreaker("audited", config()))
+    time.sleep(0.3)
+    with caplog.at_level(logging.WARNING, logger="otel_cb.shared"):
+        fleet_action(here, "force_open")
+        assert wait_until(lambda: there.state is CircuitState.FORCED_OPEN)
+        fleet_action(there, "reset")
+        assert wait_until(lambda: here.state is CircuitState.CLOSED)
+    lines = [r.getMessage() for r in caplog.records if "by an operator" in r.getMessage()]
+    assert sum("'audited' forced open fleet-wide" in line for line in lines) == 2  # both processes
+    assert sum("'audited' reset fleet-wide" in line for line in lines) == 2

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -39,6 +41,12 @@ class Otel:
     spans: InMemorySpanExporter
     reader: InMemoryMetricReader
     tracer: trace.Tracer
+    logs: InMemoryLogRecordExporter
+
+    def events(self, breaker: str) -> list[ReadableLogRecord]:
+        """otel-cb's log events about ``breaker``."""
+        return [record for record in self.logs.get_finished_logs()
+                if (record.log_record.attributes or {}).get("circuit_breaker.name") == breaker]
 
     def metrics(self) -> dict[str, Metric]:
         data = self.reader.get_metrics_data()
@@ -80,7 +88,13 @@ def _install() -> Otel:
     else:
         meter_provider = MeterProvider(metric_readers=[reader])
         metrics.set_meter_provider(meter_provider)
-    return Otel(exporter, reader, trace.get_tracer("tests"))
+    logs = InMemoryLogRecordExporter()
+    logger_provider = _logs.get_logger_provider()
+    if not isinstance(logger_provider, LoggerProvider):
+        logger_provider = LoggerProvider()
+        _logs.set_logger_provider(logger_provider)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    return Otel(exporter, reader, trace.get_tracer("tests"), logs)
 
 
 _otel: Otel | None = None
@@ -93,8 +107,9 @@ def otel() -> Iterator[Otel]:
         _otel = _install()
     telemetry.enable()
     _otel.spans.clear()
+    _otel.logs.clear()
     yield _otel
-    telemetry.enable()
+    telemetry.enable(events="span,log")
 
 
 def unique(prefix: str) -> str:
@@ -429,6 +444,74 @@ def test_annotate_current_span_puts_name_and_state_on_the_client_span(otel: Otel
     assert dict(otel.finished("probe")[0].attributes or {})["circuit_breaker.state"] == "half_open"
 
 
+# -- log events (the Logs API) ---------------------------------------------------
+
+
+def test_state_change_is_also_a_log_event_correlated_with_the_current_span(otel: Otel, clock: FakeClock) -> None:
+    name = unique("log_event")
+    breaker = CircuitBreaker(name, CircuitBreakerConfig(failure_threshold=1), clock=clock)
+    with otel.tracer.start_as_current_span("client") as span, pytest.raises(ConnectionError):
+        breaker.call(fail)
+    (record,) = otel.events(name)
+    log = record.log_record
+    assert log.event_name == "circuit_breaker.state_change"
+    assert dict(log.attributes or {}) == {
+        "event.name": "circuit_breaker.state_change", "circuit_breaker.name": name,
+        "circuit_breaker.previous_state": "closed", "circuit_breaker.state": "open",
+        "circuit_breaker.reason": "consecutive_failures"}
+    assert (log.trace_id, log.span_id) == (span.get_span_context().trace_id, span.get_span_context().span_id)
+    assert (log.severity_text, log.body) == ("WARN", f"circuit breaker {name!r} closed -> open (consecutive_failures)")
+    assert record.instrumentation_scope is not None and record.instrumentation_scope.name == "otel_cb"
+
+
+def test_rejected_log_events_are_rate_limited_per_breaker(
+    otel: Otel, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_cb.telemetry import _core
+
+    monkeypatch.setattr(_core.telemetry.rejections, "clock", clock)
+    first, second = CircuitBreaker(unique("limited"), clock=clock), CircuitBreaker(unique("limited"), clock=clock)
+    first.force_open()
+    second.force_open()
+
+    def rejected() -> int:
+        return sum(r.log_record.event_name == "circuit_breaker.rejected" for r in otel.events(first.name))
+
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            first.call(lambda: None)
+    with pytest.raises(CircuitOpenError):
+        second.call(lambda: None)
+    assert rejected() == 1
+    assert [r.log_record.event_name for r in otel.events(second.name)][-1] == "circuit_breaker.rejected"
+    clock.advance(_core.REJECTED_EVENT_INTERVAL)
+    with pytest.raises(CircuitOpenError):
+        first.call(lambda: None)
+    assert rejected() == 2
+    (record,) = [r for r in otel.events(first.name) if r.log_record.event_name == "circuit_breaker.rejected"][:1]
+    assert dict(record.log_record.attributes or {}) == {
+        "event.name": "circuit_breaker.rejected", "circuit_breaker.name": first.name,
+        "circuit_breaker.state": "forced_open"}
+
+
+@pytest.mark.parametrize(("events", "span_events", "log_events"), [("span", 1, 0), ("log", 0, 1)])
+def test_events_choose_span_events_or_log_events(
+    otel: Otel, clock: FakeClock, events: str, span_events: int, log_events: int
+) -> None:
+    telemetry.enable(events=events)
+    name = unique("switch")
+    breaker = CircuitBreaker(name, CircuitBreakerConfig(failure_threshold=1), clock=clock)
+    with otel.tracer.start_as_current_span("client"), pytest.raises(ConnectionError):
+        breaker.call(fail)
+    assert len(otel.finished("client")[0].events) == span_events
+    assert len(otel.events(name)) == log_events
+
+
+def test_enable_rejects_an_unknown_events_value() -> None:
+    with pytest.raises(ValueError, match="events: 'spans' is not supported; use span, log or span,log"):
+        telemetry.enable(events="spans")
+
+
 # -- logs ----------------------------------------------------------------------
 
 
@@ -553,7 +636,7 @@ def test_a_failing_exporter_is_noticed_once_and_its_recovery_once(caplog: pytest
         def export(self, spans: Any) -> SpanExportResult:
             return self.results.pop(0)
 
-    exporter = _NoticingSpanExporter(Flaky())
+    exporter = _NoticingSpanExporter(Flaky)
     with caplog.at_level(logging.INFO, logger="otel_cb"):
         outcomes = [exporter.export([]) for _ in range(6)]
     assert outcomes.count(SpanExportResult.FAILURE) == 4
@@ -562,10 +645,10 @@ def test_a_failing_exporter_is_noticed_once_and_its_recovery_once(caplog: pytest
     assert "span export failed" in notices[0] and "works again" in notices[1] and "span export failed" in notices[2]
 
 
-def test_a_broken_duration_export_costs_only_the_histogram(
+def test_a_broken_collection_costs_only_otel_cbs_metrics(
     otel: Otel, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from otel_cb.telemetry import _durations
+    from otel_cb.telemetry import _metrics
 
     def broken() -> None:
         raise RuntimeError("bug")
@@ -573,13 +656,17 @@ def test_a_broken_duration_export_costs_only_the_histogram(
     name = unique("broken")
     breaker = CircuitBreaker(name, clock=clock)
     breaker.call(lambda: None)
-    monkeypatch.setattr(_durations, "duration_metric", broken)
+    metrics.get_meter("tests").create_counter("app.requests").add(1)
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 1
+    monkeypatch.setattr(_metrics._collector, "collect", broken)
     with caplog.at_level(logging.ERROR, logger="otel_cb"):
-        assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 1
-        assert otel.points("circuit_breaker.call.duration", name) == {}
-        otel.metrics()
+        for _ in range(2):
+            data = otel.reader.get_metrics_data()
+            assert data is not None
+            names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+            assert "app.requests" in names  # the application's metrics go on
     assert [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()] == [
-        "otel-cb could not export circuit_breaker.call.duration; other metrics go on"]
+        "otel-cb could not export its metrics; other metrics go on"]
 
 
 def test_enable_before_the_providers_are_installed_reports_once_they_are() -> None:
@@ -603,3 +690,25 @@ def test_enable_before_the_providers_are_installed_reports_once_they_are() -> No
         "print(len(names), [s.name for s in spans.get_finished_spans()])\n"
     )
     assert python(code) == "10 ['circuit_breaker.transition']"  # every instrument
+
+
+# -- the start-up notice -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "sentence"), [
+    ({}, "otel-cb sends traces, metrics and logs over OTLP/gRPC to http://localhost:4317."),
+    ({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT": "9500",
+      "OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:secret@collector:4317/path?token=x"},
+     "otel-cb sends traces and logs over OTLP/gRPC to https://collector:4317 and serves metrics for Prometheus "
+     "at http://localhost:9500/metrics."),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_EXPORTER": "console",
+      "OTEL_LOGS_EXPORTER": "none"},
+     "otel-cb prints traces to standard output and sends metrics over OTLP/HTTP to http://localhost:4318."),
+])
+def test_the_start_up_notice_is_one_plain_sentence(env: dict[str, str], sentence: str) -> None:
+    from otel_cb.telemetry._configure import TelemetrySetup, describe_destinations
+
+    installed: Any = object()
+    setup = TelemetrySetup(installed, installed, None, installed)
+    assert describe_destinations(setup, env) == sentence
+    assert describe_destinations(TelemetrySetup(None, None, None), env) is None

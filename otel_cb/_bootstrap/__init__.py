@@ -13,8 +13,8 @@ every Python process the application starts too. ``boot()``:
 3. sets up the OpenTelemetry SDK through ``otel_cb.telemetry.configure()``,
    which leaves providers alone if the app or ``opentelemetry-instrument``
    installed them, and enables otel-cb's telemetry;
-4. activates OpenTelemetry's own client instrumentors for httpx, grpc and
-   asyncpg when installed and not already active (so client spans exist).
+4. activates OpenTelemetry's own client instrumentors for httpx, requests,
+   grpc and asyncpg when installed and not already active (so client spans exist).
 
 When ``opentelemetry-instrument`` runs inside ``otel-cb-instrument``, its
 ``sitecustomize`` comes first on the path and ours never runs; instead its
@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ACTIVE_ENV", "BOOTSTRAP_DIR", "boot", "chain_sitecustomize", "pre_instrument"]
 
@@ -43,8 +44,9 @@ ACTIVE_ENV = "OTEL_CB_INSTRUMENT"
 
 # OpenTelemetry instrumentor entry points (group opentelemetry_instrumentor)
 # for the clients otel-cb protects; servers are the application's business.
-CLIENT_INSTRUMENTORS = ("httpx", "grpc_client", "grpc_aio_client", "asyncpg")
-_LIBRARY_OF = {"httpx": "httpx", "grpc_client": "grpc", "grpc_aio_client": "grpc", "asyncpg": "asyncpg"}
+CLIENT_INSTRUMENTORS = ("httpx", "requests", "grpc_client", "grpc_aio_client", "asyncpg")
+_LIBRARY_OF = {"httpx": "httpx", "requests": "requests", "grpc_client": "grpc", "grpc_aio_client": "grpc",
+               "asyncpg": "asyncpg"}
 
 _lock = threading.Lock()
 _instrumented = False
@@ -94,6 +96,10 @@ def _instrument() -> None:
     except Exception:
         logger.error("otel-cb: instrumentation failed; the application runs without circuit breakers",
                      exc_info=True)
+    if os.environ.get("OTEL_CB_ADMIN_ADDRESS"):  # else not even imported: the default costs nothing
+        from ..admin import start_from_env
+
+        start_from_env()  # never raises
 
 
 def _setup_telemetry() -> None:
@@ -106,8 +112,7 @@ def _setup_telemetry() -> None:
         from .. import telemetry
 
         setup = telemetry.configure()  # leaves providers installed by others alone
-        if setup.tracer_provider is not None or setup.meter_provider is not None:
-            _notice_destination()
+        _notice_destination(setup)
     except ValueError as exc:
         logger.error("otel-cb: telemetry not set up: %s", exc)
     except Exception:
@@ -115,36 +120,21 @@ def _setup_telemetry() -> None:
 
 
 _NOTICE_ENV = "OTEL_CB_NOTICE_SHOWN"
-_DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
 
 
-def _notice_destination() -> None:
+def _notice_destination(setup: Any) -> None:
     """Say once per process tree where telemetry goes, so a missing collector is no mystery."""
     if os.environ.get(_NOTICE_ENV) == "1":
         return
-    from .._redact import mask, origin
+    from .._redact import mask
 
     os.environ[_NOTICE_ENV] = "1"  # inherited: child processes stay quiet
-    parts = []
-    for signal, default in (("TRACES", "otlp"), ("METRICS", "otlp")):
-        exporters = [e.strip() for e in os.environ.get(f"OTEL_{signal}_EXPORTER", default).split(",") if e.strip()]
-        for exporter in exporters:
-            if exporter == "otlp":
-                protocol = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-                            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc")
-                endpoint = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-                            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                            or _DEFAULT_ENDPOINTS.get(protocol, "?"))
-                parts.append(f"{signal.lower()} to OTLP/{protocol} {origin(endpoint)}")
-            elif exporter == "prometheus":
-                host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost")
-                port = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
-                parts.append(f"{signal.lower()} on a Prometheus endpoint {host}:{port}")
-            elif exporter != "none":
-                parts.append(f"{signal.lower()} to {exporter}")
-    if parts:
+    from ..telemetry._configure import describe_destinations
+
+    sentence = describe_destinations(setup)
+    if sentence:
         # Straight to stderr: the application's logging is not configured yet.
-        sys.stderr.write(mask(f"otel-cb: telemetry goes {', '.join(parts)}") + "\n")
+        sys.stderr.write(mask(sentence) + "\n")
 
 
 def _activate_instrumentors() -> None:

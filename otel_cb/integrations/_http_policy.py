@@ -1,11 +1,15 @@
-"""HTTP policy shared by the sync and async httpx paths, free of any client library.
+"""HTTP policy shared by every HTTP integration (httpx, requests), free of any client library.
 
-Owns how an HTTP response counts (``status_verdict``: 429 and 5xx are
-failures, other statuses successes, unless ``failure_statuses`` says
-otherwise; ``retry_after_hint``: the ``Retry-After`` of a failing 429/503),
+Owns how an HTTP response counts (``judge_head``: the hooks, else
+``status_verdict``: 429 and 5xx are failures, other statuses successes,
+unless ``failure_statuses`` says otherwise; ``retry_after_hint``: the
+``Retry-After`` of a failing 429/503),
 the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation and the stale-response cache. The httpx module turns these plain
-values into requests and responses.
+validation, their per-breaker cache (``settings_of``), the stale-response
+cache and the order fallbacks are tried in (``serve_http_fallback``). The
+httpx and requests modules turn these plain values into their clients'
+requests and responses; a breaker both clients use has one set of settings
+and one stale cache.
 """
 
 from __future__ import annotations
@@ -19,14 +23,28 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..plugin import Verdict, parse_duration, parse_items
+from ..plugin import (
+    Call,
+    Verdict,
+    classify,
+    log_once,
+    parse_duration,
+    parse_items,
+    section_settings,
+    serve_fallback,
+)
+
+if TYPE_CHECKING:
+    from .. import CircuitBreaker, Permit
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
     "RETRY_AFTER_STATUSES",
     "HTTPSettings",
+    "judge_head",
+    "serve_http_fallback",
     "StaleCache",
     "StaticResponse",
     "parse_failure_statuses",
@@ -34,9 +52,12 @@ __all__ = [
     "parse_retry_after",
     "parse_settings",
     "retry_after_hint",
+    "settings_of",
     "status_verdict",
     "validate_settings",
 ]
+
+R = TypeVar("R")
 
 DEFAULT_FAILURE_STATUSES = frozenset([429, *range(500, 600)])
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -251,6 +272,19 @@ def parse_settings(name: str, section: Mapping[str, Any], *,
     return HTTPSettings(statuses, fallback)
 
 
+_DEFAULT_SETTINGS = HTTPSettings()
+
+
+def _parse_section(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
+    # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
+    return parse_settings(breaker.name, section, clock=breaker.clock)
+
+
+def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
+    """The HTTP settings of ``breaker``'s config section, parsed once per section for every HTTP client."""
+    return section_settings(breaker, _parse_section, _DEFAULT_SETTINGS)
+
+
 def validate_settings(name: str, section: Mapping[str, Any]) -> None:
     """Check the HTTP keys of breaker ``name``'s config section; the config loader calls this.
 
@@ -273,3 +307,57 @@ def status_verdict(status: int, failure_statuses: frozenset[int]) -> Verdict:
 def retry_after_hint(status: int, header: str | None) -> float | None:
     """Seconds a failing 429 or 503 asks the client to wait (its ``Retry-After``); None for other statuses."""
     return parse_retry_after(header) if status in RETRY_AFTER_STATUSES else None
+
+
+def judge_head(call: Call, permit: Permit, response: object, status: int, headers: Mapping[str, str],
+               failure_statuses: frozenset[int]) -> bool | None:
+    """Judge a response head for every HTTP client: the ``otel_cb_classify`` hooks, else the status.
+
+    A verdict other than success is recorded on ``permit`` at once (a failing
+    429/503 with its ``Retry-After``) and None is returned. A healthy head
+    leaves the permit to the body's end and returns whether a hook decided
+    (then the body's end records a plain success, without ``is_failure_result``).
+
+    Args:
+        call: The call, as the hooks see it.
+        permit: Its permit.
+        response: The client's response object, for the hooks.
+        status: Its status code.
+        headers: Its headers (``.get("retry-after")`` is read on a failure only).
+        failure_statuses: The breaker's failing statuses.
+    """
+    verdict = classify(call, response, None)
+    hooked = verdict is not None
+    if verdict is None:
+        verdict = status_verdict(status, failure_statuses)
+    if verdict == "success":
+        return hooked
+    retry_after = retry_after_hint(status, headers.get("retry-after")) if verdict == "failure" else None
+    permit.record(verdict, retry_after=retry_after)
+    return None
+
+
+def serve_http_fallback(call: Call, breaker: CircuitBreaker, error: BaseException, accept: type[R],
+                        configured: StaleCache | StaticResponse | None,
+                        build: Callable[[StaleCache | StaticResponse, Call], R | None]) -> R | None:
+    """What an HTTP client hands the caller instead of ``error``: counted; None lets ``error`` propagate.
+
+    An ``otel_cb_fallback`` hook's ``accept`` answer wins; else the breaker's
+    ``configured`` fallback, which ``build`` turns into the client's response
+    (None: the stale cache has no fresh entry, counted as a ``failure``). A
+    fallback that raises is logged once and counted as a ``failure``.
+    """
+    try:
+        value = serve_fallback(call, breaker, error, accept)
+        if value is not None:
+            return value  # type: ignore[return-value]
+        if configured is None:
+            return None
+        response = build(configured, call)
+    except Exception:
+        log_once(("http", "fallback", accept.__module__), "otel-cb: an HTTP fallback (%s) failed; the error "
+                 "propagates", accept.__module__.partition(".")[0], exc_info=True)
+        breaker.count_fallback("failure")
+        return None
+    breaker.count_fallback("success" if response is not None else "failure")
+    return response

@@ -13,7 +13,7 @@ when httpx is in use.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -23,22 +23,19 @@ from ..plugin import (
     Call,
     Verdict,
     annotate_span,
-    classify,
     classify_exception,
     log_once,
-    section_settings,
     select_breaker,
-    serve_fallback,
 )
 from ._http_policy import (
     HTTPSettings,
     StaleCache,
     StaticResponse,
+    judge_head,
     parse_failure_statuses,
     parse_fallback,
-    parse_settings,
-    retry_after_hint,
-    status_verdict,
+    serve_http_fallback,
+    settings_of,
 )
 
 __all__ = [
@@ -62,7 +59,6 @@ _MAX_TARGETS = 4096
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
-_DEFAULT_SETTINGS = HTTPSettings()
 _NO_KWARGS: dict[str, Any] = {}
 # Set while a protected request runs, so a patched transport inside a
 # hand-wired CircuitBreakerTransport does not guard the same request twice.
@@ -121,16 +117,6 @@ def _target_of(url: httpx.URL) -> str | None:
     return f"{scheme}://{host}:{url.port or _DEFAULT_PORTS[scheme]}"
 
 
-def _parse(breaker: CircuitBreaker, section: Mapping[str, Any]) -> HTTPSettings:
-    # The stale cache ages by the breaker's clock, so tests move both with one fake clock.
-    return parse_settings(breaker.name, section, clock=breaker._clock)
-
-
-def settings_of(breaker: CircuitBreaker) -> HTTPSettings:
-    """The HTTP settings of ``breaker``'s config section, parsed once per section."""
-    return section_settings(breaker, _parse, _DEFAULT_SETTINGS)
-
-
 def _not_the_server(exc: BaseException) -> Verdict | None:
     return "ignored" if isinstance(exc, _NOT_THE_SERVER) else None
 
@@ -153,7 +139,7 @@ class _Router:
         self._statuses = None if failure_statuses is None else \
             parse_failure_statuses("failure_statuses", failure_statuses)
         self._fallback = None if fallback_config is None else parse_fallback(
-            "fallback", fallback_config, **({"clock": breaker._clock} if breaker is not None else {}))
+            "fallback", fallback_config, **({"clock": breaker.clock} if breaker is not None else {}))
 
     def prepare(self, request: httpx.Request) -> _Exchange | None:
         """The exchange for ``request``, or None when no breaker protects it."""
@@ -267,17 +253,12 @@ class _Exchange:
         permit = self.permit
         assert permit is not None
         try:
-            verdict = classify(self.call, response, None)
-            self.hook_verdict = verdict is not None
             status = response.status_code
-            if verdict is None:
-                verdict = status_verdict(status, self.settings.failure_statuses)
-            if verdict != "success":
-                retry_after = None
-                if verdict == "failure":
-                    retry_after = retry_after_hint(status, response.headers.get("retry-after"))
-                permit.record(verdict, retry_after=retry_after)
+            hooked = judge_head(self.call, permit, response, status, response.headers,
+                                self.settings.failure_statuses)
+            if hooked is None:
                 return False
+            self.hook_verdict = hooked
             cache = self.settings.fallback
             if isinstance(cache, StaleCache) and 200 <= status < 300:
                 request = self.call.request
@@ -361,21 +342,8 @@ class _Exchange:
 
     def _fallback(self, error: BaseException) -> httpx.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
-        try:
-            value = serve_fallback(self.call, self.breaker, error, httpx.Response)
-            if value is not None:
-                return value  # type: ignore[return-value]
-            configured = self.settings.fallback
-            if configured is None:
-                return None
-            response = _configured_response(configured, self.call)
-        except Exception:
-            log_once(("httpx", "fallback"), "otel-cb: an httpx fallback failed; the error propagates",
-                      exc_info=True)
-            self.breaker.count_fallback("failure")
-            return None
-        self.breaker.count_fallback("success" if response is not None else "failure")
-        return response
+        return serve_http_fallback(self.call, self.breaker, error, httpx.Response, self.settings.fallback,
+                                   _configured_response)
 
 
 def _configured_response(configured: StaleCache | StaticResponse, call: Call) -> httpx.Response | None:

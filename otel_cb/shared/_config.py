@@ -19,9 +19,9 @@ from .._redact import shown
 __all__ = ["check_settings", "validate_settings", "FIELDS"]
 
 FIELDS = ("backend", "url", "namespace", "timeout", "flush_interval", "sync_interval", "probe_lease",
-          "retry_interval")
-_DURATIONS = FIELDS[3:]
-_SCHEMES = ("redis", "rediss", "unix")
+          "retry_interval", "cluster")
+_DURATIONS = FIELDS[3:8]
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 _MAX_DURATION = 3600.0
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -53,6 +53,9 @@ def _parse(mapping: object) -> tuple[str, str, dict[str, float]]:
         errors.append(ValueError("shared_state.url: missing; use a redis://, rediss:// or unix:// URL"))
     url = mapping.get("url")
     namespace = mapping.get("namespace", "default")
+    if not isinstance(mapping.get("cluster", False), bool):
+        errors.append(ValueError(f"shared_state.cluster: {shown(mapping['cluster'])} is not allowed; "
+                                 "use true or false"))
     durations: dict[str, float] = {}
     for name in _DURATIONS:
         if name in mapping:

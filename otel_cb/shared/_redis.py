@@ -34,7 +34,9 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .. import _observers
 from .._breaker import CircuitBreaker
@@ -113,9 +115,22 @@ class RedisSharedState:
         probe_lease: How long a half-open probe lease lives; a prober that dies
             holds its slot at most this long.
         retry_interval: How often an unreachable Redis is tried again.
+        cluster: Talk to a Redis Cluster (``url`` names any one of its nodes);
+            implied by a ``redis+cluster://`` or ``rediss+cluster://`` URL.
 
     Use ``attach(breaker)``; ``close()`` (or ``with``) stops the threads.
     """
+
+    # A redis.Redis or a redis.cluster.RedisCluster, and their scripts.
+    _fast: Any
+    _slow: Any
+    _read: Any
+    _open: Any
+    _close: Any
+    _record: Any
+    _manual: Any
+    _acquire: Any
+    _owns_clients: bool
 
     def __init__(
         self,
@@ -128,6 +143,7 @@ class RedisSharedState:
         sync_interval: float = 1.0,
         probe_lease: float = 10.0,
         retry_interval: float = 0.5,
+        cluster: bool = False,
     ) -> None:
         import redis
 
@@ -143,19 +159,16 @@ class RedisSharedState:
         self.probe_lease = probe_lease
         self.retry_interval = retry_interval
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        if isinstance(client, redis.Redis):
-            self._fast = self._slow = client
-        else:
-            # Our own pools, without retries: a retry would multiply the budget on the call path.
-            self._fast = _sync_client(url, client, timeout)
-            self._slow = _sync_client(url, client, max(timeout, 1.0))
-        self.where = _describe(self._slow)
+        self._url = url
+        self._client = client
+        self.cluster = cluster or (url is not None and urlsplit(url).scheme.endswith("+cluster"))
+        if self.cluster:
+            from redis.exceptions import RedisClusterException
+
+            self._errors = (*self._errors, RedisClusterException)  # not a RedisError, yet Redis's fault
+        self._make_clients(own=not isinstance(client, redis.Redis))
+        self.where = _describe_url(url) if self.cluster else _describe(self._slow)
         self.channel = f"otel_cb:{namespace}:events"
-        self._read = self._slow.register_script(_scripts.READ)
-        self._open = self._slow.register_script(_scripts.OPEN)
-        self._close = self._slow.register_script(_scripts.CLOSE)
-        self._record = self._slow.register_script(_scripts.RECORD)
-        self._acquire = self._fast.register_script(_scripts.ACQUIRE)
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lease_ids = itertools.count()
         self._links: dict[str, _Link] = {}
@@ -170,6 +183,46 @@ class RedisSharedState:
         self._closed = False
         self._threads: list[threading.Thread] = []
         _backends.add(self)
+
+    def _make_clients(self, *, own: bool) -> None:
+        """Build the clients and register the scripts: at construction, and in a forked
+        child, whose inherited pools may hold locks that a thread of the parent took."""
+        self._owns_clients = own
+        self._connected = threading.Event()
+        if not own:
+            assert self._client is not None
+            self._fast = self._slow = self._client
+        elif self.cluster:
+            # Made by the worker thread (_connect_cluster): a cluster client talks to the cluster
+            # as it is built, which neither the application's start-up nor a fork may wait on.
+            self._fast = self._slow = None
+            self._read = self._open = self._close = self._record = self._manual = self._acquire = None
+            return  # _connected stays clear until then
+        else:
+            self._fast = _sync_client(self._url, self._client, self.timeout)
+            self._slow = _sync_client(self._url, self._client, max(self.timeout, 1.0))
+        self._read = self._slow.register_script(_scripts.READ)
+        self._open = self._slow.register_script(_scripts.OPEN)
+        self._close = self._slow.register_script(_scripts.CLOSE)
+        self._record = self._slow.register_script(_scripts.RECORD)
+        self._manual = self._slow.register_script(_scripts.MANUAL)
+        self._acquire = self._fast.register_script(_scripts.ACQUIRE)
+        self._connected.set()
+
+    def _connect_cluster(self) -> None:
+        """Build the cluster clients (worker thread); raises what the cluster answers."""
+        # Our own pools, without retries on the call path: a retry would multiply its budget.
+        # Background work may retry once, which is how the client learns of a failover.
+        fast = _cluster_client(self._url, self.timeout, retries=0)
+        slow = _cluster_client(self._url, max(self.timeout, 1.0), retries=1)
+        self._read = slow.register_script(_scripts.READ)
+        self._open = slow.register_script(_scripts.OPEN)
+        self._close = slow.register_script(_scripts.CLOSE)
+        self._record = slow.register_script(_scripts.RECORD)
+        self._manual = slow.register_script(_scripts.MANUAL)
+        self._fast, self._slow = fast, slow
+        self._acquire = fast.register_script(_scripts.ACQUIRE)  # last: the call path starts using it
+        self._connected.set()
 
     # -- public ----------------------------------------------------------------
 
@@ -240,6 +293,8 @@ class RedisSharedState:
             if breaker is not None:
                 self.detach(breaker)
         for client in {id(self._fast): self._fast, id(self._slow): self._slow}.values():
+            if client is None:
+                continue
             try:
                 client.close()
             except Exception:  # pragma: no cover - closing a broken connection
@@ -255,7 +310,17 @@ class RedisSharedState:
         return f"<RedisSharedState {self.where} namespace={self.namespace!r}>"
 
     def _reset_after_fork(self) -> None:
-        """In a forked child: new locks, lease ids and threads; nothing of the parent's queues."""
+        """In a forked child: new clients, locks, lease ids and threads; nothing of the parent's queues.
+
+        The inherited clients are dropped, not closed: their pools' locks may
+        be held forever by threads that exist only in the parent (redis-py's
+        own fork check then blocks in ``reset()``)."""
+        if not self._closed:
+            if self._owns_clients:
+                for client in (self._fast, self._slow):
+                    if client is not None:
+                        _abandon(client)
+            self._make_clients(own=True)
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._links_lock = threading.Lock()
         self._wake = threading.Event()
@@ -296,7 +361,11 @@ class RedisSharedState:
         links = self._live_links()
         if self._fast is not self._slow:
             # Connections pooled before the outage may be dead: the call path must not find out.
-            self._fast.connection_pool.disconnect()
+            if self.cluster:
+                if self._fast is not None:
+                    self._fast.disconnect_connection_pools()
+            else:
+                self._fast.connection_pool.disconnect()
         self._publish_pending(links)
         self._poll(links)
         self._down = False  # only now: "running locally" lasts until the resynchronisation is done
@@ -351,12 +420,17 @@ class RedisSharedState:
                     if time.monotonic() < next_retry:
                         continue
                     next_retry = time.monotonic() + self.retry_interval
-                    self._slow.ping()
+                    if self._slow is None:
+                        self._connect_cluster()
+                    else:
+                        self._slow.ping()
                     self._armed = False
                     self._recover()
                     announced = False
                     next_poll = time.monotonic() + self.sync_interval
                     continue
+                if self._slow is None:
+                    self._connect_cluster()
                 self._publish_pending(links)
                 if self._armed:
                     time.sleep(self.flush_interval)  # let a batch build up
@@ -396,20 +470,27 @@ class RedisSharedState:
         batches = [(link, codes) for link, codes in batches if codes]
         if not batches:
             return
-        pipe = self._slow.pipeline(transaction=False)
-        for link, codes in batches:
-            self._record(keys=link.keys, args=link.record_args(codes), client=pipe)
-        for (link, _), reply in zip(batches, pipe.execute(), strict=True):
+        calls = [(self._record, link.keys, link.record_args(codes)) for link, codes in batches]
+        for (link, _), reply in zip(batches, self._run_scripts(calls), strict=True):
             link.apply(reply)
 
     def _poll(self, links: list[_Link]) -> None:
         if not links:
             return
-        pipe = self._slow.pipeline(transaction=False)
-        for link in links:
-            self._read(keys=link.keys, client=pipe)
-        for link, reply in zip(links, pipe.execute(), strict=True):
+        calls: list[tuple[Any, tuple[str, ...], list[Any]]] = [(self._read, link.keys, []) for link in links]
+        for link, reply in zip(links, self._run_scripts(calls), strict=True):
             link.apply(reply)
+
+    def _run_scripts(self, calls: Sequence[tuple[Any, tuple[str, ...], list[Any]]]) -> list[Any]:
+        """Run script calls in one pipelined round trip; one by one on a cluster, where
+        each breaker's keys live on a node of their own and a script may be missing
+        on a newly promoted primary (the script object loads it again)."""
+        if self.cluster:
+            return [script(keys=keys, args=args) for script, keys, args in calls]
+        pipe = self._slow.pipeline(transaction=False)
+        for script, keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
 
     def _release_leases(self, links: list[_Link]) -> None:
         for link in links:
@@ -425,9 +506,12 @@ class RedisSharedState:
             if self._down:
                 self._up.wait(self.retry_interval)
                 continue
+            if self._slow is None:  # the worker has not connected to the cluster yet
+                time.sleep(0.005)
+                continue
             try:
                 if pubsub is None:
-                    pubsub = self._slow.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub = self._slow.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
                     # Whatever was published while we were not listening is caught by a read.
                     self._poll_requested = True
@@ -449,7 +533,8 @@ class RedisSharedState:
     def _on_message(self, data: bytes) -> None:
         try:
             payload = json.loads(data)
-            name, reply = payload["n"], [payload["s"], payload["v"], payload["u"], payload["t"]]
+            name = payload["n"]
+            reply = [payload["s"], payload["v"], payload["u"], payload["t"], payload.get("m", ""), payload.get("r", "")]
         except (ValueError, KeyError, TypeError):
             # Not one of ours (someone else publishes on the channel): not a Redis fault.
             logger.debug("otel-cb shared state ignored a message it cannot read on %s", self.channel)
@@ -475,6 +560,8 @@ class _Link:
         self._pending: tuple[str, float, str] | None = None  # (open or close, timeout or version, reason)
         self._held: list[tuple[int, str]] = []  # (breaker epoch, lease id)
         self._releases: list[str] = []
+        self._fleet_manual = False  # the breaker's manual state came from the fleet, not this process
+        self._applying = 0  # the thread adopting the fleet's state: its transitions are not published
         config = breaker.config
         if config.window_type == "count":
             self._window_args: list[Any] = ["c", int(config.window_size), 1]
@@ -499,7 +586,11 @@ class _Link:
             backend._wake.set()
 
     def on_transition(self, event: StateChangeEvent) -> None:
+        if self._applying == threading.get_ident():
+            return  # the fleet's own decision, adopted here
         state, reason = event.state, event.reason
+        if event.previous_state in _LOCAL_ONLY:
+            self._fleet_manual = False
         if state is _OPEN:
             self._set_pending(("open", event.open_timeout or 0.0, reason.value))
         elif state is _CLOSED and event.previous_state in (_OPEN, _HALF_OPEN):
@@ -517,7 +608,7 @@ class _Link:
 
     def acquire_probe(self) -> bool:
         backend = self.backend
-        if backend._down:
+        if backend._down or backend._acquire is None:
             return True  # the local limit of half_open_max_calls still applies
         breaker = self.breaker()
         if breaker is None:
@@ -553,6 +644,33 @@ class _Link:
         self._held = keep
         if self._releases:
             self.backend._wake.set()
+
+    def describe(self) -> dict[str, Any]:
+        """What the admin endpoint shows of this link: no URL, no credentials."""
+        backend = self.backend
+        return {"backend": "redis-cluster" if backend.cluster else "redis", "namespace": backend.namespace,
+                "running_locally": backend._down, "fleet_manual": self._fleet_manual}
+
+    def fleet_action(self, action: Literal["force_open", "disable", "reset"]) -> None:
+        """Force open, disable or reset the breaker in every process of the namespace, this one
+        included, with one round trip; the others follow within a pub/sub message.
+
+        Raises:
+            ConnectionError: Redis did not answer; nothing changed anywhere.
+        """
+        backend = self.backend
+        manual = {"force_open": "forced_open", "disable": "disabled", "reset": "reset"}[action]
+        # An operator's call, not the application's: it may wait for a cluster connection being made.
+        if not backend._connected.wait(max(backend.timeout, 1.0)) or backend._down:
+            raise ConnectionError(f"shared state on Redis at {backend.where} is unavailable; "
+                                  "nothing changed (act per process instead)")
+        try:
+            reply = backend._manual(keys=self.keys, args=[manual, _KEY_TTL_MS, backend.channel, self.name])
+        except backend._errors as exc:
+            backend._fail(exc)
+            raise ConnectionError(f"shared state on Redis at {backend.where} did not answer "
+                                  f"({type(exc).__name__}); nothing changed") from None
+        self.apply(reply)
 
     def reset_after_fork(self) -> None:
         self._lock = threading.RLock()  # re-entered when a listener of an applied change acts on the breaker
@@ -599,8 +717,9 @@ class _Link:
 
     def apply(self, reply: list[Any], *, published: bool = False) -> None:
         """Adopt the fleet's state from a script's reply or a message:
-        ``[state, version, open_until_ms, server_now_ms, ...]``."""
-        state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        ``[state, version, open_until_ms, server_now_ms, manual, reason]``."""
+        state, manual, reason = (_text(reply[0]), _text(reply[4]) if len(reply) > 4 else "",
+                                 _text(reply[5]) if len(reply) > 5 else "")
         version, open_until, now = int(reply[1]), int(reply[2]), int(reply[3])
         breaker = self.breaker()
         if breaker is None:
@@ -615,6 +734,10 @@ class _Link:
             lost = version == 0 and self._seen > 0
             self._seen = version
             local = breaker.state
+            if manual or self._fleet_manual or reason == "reset":
+                if self._adopt_manual(breaker, local, manual, reason):
+                    return
+                local = breaker.state
             if local in _LOCAL_ONLY or published:
                 return
             if lost:
@@ -629,6 +752,44 @@ class _Link:
                     breaker.apply_shared_state(_OPEN, max(0.0, (open_until - now) / 1000))
             elif state == "closed" and local in (_OPEN, _HALF_OPEN):
                 breaker.apply_shared_state(_CLOSED)
+
+    def _adopt_manual(self, breaker: CircuitBreaker, local: CircuitState, manual: str, reason: str) -> bool:
+        """An operator's fleet-wide state: entered with the operator's own reason (``force_open``,
+        ``disable``, ``reset``), as if done here, but not published again. Lock held.
+        True when the manual state is all there is to adopt."""
+        self._applying = threading.get_ident()
+        try:
+            if manual == "forced_open":
+                if local is not CircuitState.FORCED_OPEN:
+                    breaker.force_open()
+                    self._log_adopted("forced open")
+                self._fleet_manual = True
+                return True
+            if manual == "disabled":
+                if local is not CircuitState.DISABLED:
+                    breaker.disable()
+                    self._log_adopted("disabled")
+                self._fleet_manual = True
+                return True
+            # No manual state any more: a fleet-wide reset (every process, whatever its state),
+            # or the end of a manual state that came from the fleet.
+            self._fleet_manual = False
+            if (reason == "reset" or local in _LOCAL_ONLY) and local is not _CLOSED:
+                breaker.reset()
+                self._log_adopted("reset")
+            return False
+        finally:
+            self._applying = 0
+
+
+    def _log_adopted(self, what: str) -> None:
+        # Every process says so, not only the one the operator talked to: an audit trail per process.
+        logger.warning("otel-cb: circuit breaker %r %s fleet-wide by an operator (namespace %r)", self.name, what,
+                       self.backend.namespace)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # What a connection of an asyncio client says about where and who it connects as.
@@ -658,7 +819,40 @@ def _sync_client(url: str | None, client: Any, timeout: float) -> redis.Redis:
         retry=no_retry, **kwargs))
 
 
-def _describe(client: redis.Redis) -> str:
+def _cluster_client(url: str | None, timeout: float, *, retries: int) -> Any:
+    """A Redis Cluster client for a ``redis+cluster://`` (or plain) URL naming one of its nodes."""
+    from redis.backoff import ConstantBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    assert url is not None
+    parts = urlsplit(url)
+    plain = parts._replace(scheme=parts.scheme.removesuffix("+cluster")).geturl()
+    return RedisCluster.from_url(plain, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                 retry=Retry(ConstantBackoff(0.05), retries))
+
+
+# Clients inherited from the parent in a forked child: never closed, never collected.
+_abandoned: list[Any] = []
+
+
+def _abandon(client: Any) -> None:
+    """Drop an inherited client without touching its pools: closing one (also from ``__del__``)
+    takes pool locks that a thread of the parent may have held at fork time, forever."""
+    clients = [node.redis_connection for node in client.get_nodes()] if hasattr(client, "get_nodes") else [client]
+    for each in clients:
+        if each is not None:
+            each.auto_close_connection_pool = False  # its __del__ then leaves the pool alone
+    _abandoned.append(client)
+
+
+def _describe_url(url: str | None) -> str:
+    """Where a cluster URL points, without credentials, paths or database secrets."""
+    parts = urlsplit(url or "")
+    return f"cluster {parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def _describe(client: Any) -> str:
     """Where a client connects, without credentials, paths or database secrets."""
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:

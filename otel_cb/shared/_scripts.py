@@ -6,41 +6,51 @@ never a host's. Each script touches only the keys of one breaker, which share
 one ``{namespace:name}`` hash tag and so one Redis Cluster slot.
 
 Keys of a breaker (``KEYS``): 1 the state hash (``state``, ``version``,
-``open_until`` in server milliseconds, ``reason``), 2 the window (a hash of
+``open_until`` in server milliseconds, ``reason``, and ``manual``: an
+operator's fleet-wide ``forced_open`` or ``disabled``), 2 the window (a hash of
 time buckets, or a string of outcome codes for count windows), 3 the probe
 leases (a sorted set of lease ids scored by their expiry).
 
 A version is ``max(previous + 1, server milliseconds)``: it grows with every
 change, and keeps growing across a flush or a restart, so a process that
 missed a message catches the change on its next read.
+
+Every script answers ``{state, version, open_until, now, manual, reason}``,
+and every message on the namespace's channel carries the same as JSON
+(``s``, ``v``, ``u``, ``t``, ``m``, ``r``, plus ``n`` the breaker's name).
 """
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "CLOSE", "OPEN", "READ", "RECORD"]
+__all__ = ["ACQUIRE", "CLOSE", "MANUAL", "OPEN", "READ", "RECORD"]
 
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function announce(name, channel, state, version, open_until, manual, reason)
+  redis.call('PUBLISH', channel, cjson.encode({n = name, s = state, v = version, u = open_until, t = now,
+                                               m = manual, r = reason}))
+  return {state, version, open_until, now, manual, reason}
+end
 """
 
 # Opens the breaker; expects `now` and ARGV[1..4] = timeout ms, key ttl ms, channel, name.
 _OPEN_BODY = """
 local function open_breaker(timeout_ms, reason)
+  local manual = redis.call('HGET', KEYS[1], 'manual') or ''
   local version = math.max(tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1, now)
   local open_until = now + timeout_ms
   redis.call('HSET', KEYS[1], 'state', 'open', 'version', string.format('%d', version),
              'open_until', string.format('%d', open_until), 'reason', reason)
-  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), timeout_ms * 2))
+  if manual == '' then redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), timeout_ms * 2)) end
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('PUBLISH', ARGV[3], cjson.encode({n = ARGV[4], s = 'open', v = version, u = open_until, t = now}))
-  return {'open', version, open_until, now, reason}
+  return announce(ARGV[4], ARGV[3], 'open', version, open_until, manual, reason)
 end
 """
 
 READ = _NOW + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until')
-return {st[1] or 'closed', tonumber(st[2] or '0'), tonumber(st[3] or '0'), now}
+local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until', 'manual', 'reason')
+return {st[1] or 'closed', tonumber(st[2] or '0'), tonumber(st[3] or '0'), now, st[4] or '', st[5] or ''}
 """
 
 # ARGV: timeout ms, key ttl ms, channel, name, reason.
@@ -52,21 +62,37 @@ return open_breaker(tonumber(ARGV[1]), ARGV[5])
 # version (compare and set: a fleet reopened by another prober stays open).
 # ARGV: expected version, key ttl ms, channel, name.
 CLOSE = _NOW + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until')
+local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until', 'manual', 'reason')
 local version = tonumber(st[2] or '0')
-if not st[1] or st[1] == 'closed' then
-  return {'closed', version, 0, now}
-end
-if version ~= tonumber(ARGV[1]) then
-  return {st[1], version, tonumber(st[3] or '0'), now}
+if not st[1] or st[1] == 'closed' or version ~= tonumber(ARGV[1]) then
+  return {st[1] or 'closed', version, tonumber(st[3] or '0'), now, st[4] or '', st[5] or ''}
 end
 version = math.max(version + 1, now)
 redis.call('HSET', KEYS[1], 'state', 'closed', 'version', string.format('%d', version), 'open_until', '0',
            'reason', 'probe_success')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if (st[4] or '') == '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[3], cjson.encode({n = ARGV[4], s = 'closed', v = version, u = 0, t = now}))
-return {'closed', version, 0, now}
+return announce(ARGV[4], ARGV[3], 'closed', version, 0, st[4] or '', 'probe_success')
+"""
+
+# An operator's fleet-wide action: ARGV 1 'forced_open', 'disabled' or 'reset', 2 key ttl ms,
+# 3 channel, 4 name. A manual state lasts until a reset (the key does not expire meanwhile);
+# a reset also closes the breaker and forgets the fleet's window and probes.
+MANUAL = _NOW + """
+local version = math.max(tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1, now)
+if ARGV[1] == 'reset' then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'version', string.format('%d', version), 'open_until', '0',
+             'reason', 'reset')
+  redis.call('HDEL', KEYS[1], 'manual')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return announce(ARGV[4], ARGV[3], 'closed', version, 0, '', 'reset')
+end
+local reason = ARGV[1] == 'forced_open' and 'force_open' or 'disable'
+redis.call('HSET', KEYS[1], 'version', string.format('%d', version), 'manual', ARGV[1], 'reason', reason)
+redis.call('PERSIST', KEYS[1])
+local st = redis.call('HMGET', KEYS[1], 'state', 'open_until')
+return announce(ARGV[4], ARGV[3], st[1] or 'closed', version, tonumber(st[2] or '0'), ARGV[1], reason)
 """
 
 # Adds a batch of closed-state outcomes to the fleet's window and applies the
@@ -76,10 +102,10 @@ return {'closed', version, 0, now}
 # 10 slow rate (0: off), 11 calls, 12 failures, 13 slow calls, 14 outcome codes (count windows:
 # one character per call, '0' + 1 if failed + 2 if slow).
 RECORD = _NOW + _OPEN_BODY + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until')
+local st = redis.call('HMGET', KEYS[1], 'state', 'version', 'open_until', 'manual', 'reason')
 local version = tonumber(st[2] or '0')
-if st[1] and st[1] ~= 'closed' then
-  return {st[1], version, tonumber(st[3] or '0'), now, ''}
+if (st[1] and st[1] ~= 'closed') or (st[4] or '') ~= '' then
+  return {st[1] or 'closed', version, tonumber(st[3] or '0'), now, st[4] or '', st[5] or ''}
 end
 local total, failed, slow = 0, 0, 0
 local window = tonumber(ARGV[6])
@@ -122,7 +148,7 @@ if total > 0 and total >= tonumber(ARGV[8]) then
     return open_breaker(tonumber(ARGV[1]), 'slow_call_rate')
   end
 end
-return {'closed', version, 0, now, ''}
+return {'closed', version, 0, now, '', st[5] or ''}
 """
 
 # Takes a half-open probe lease if fewer than the maximum are live; expired

@@ -1,28 +1,30 @@
-"""OpenTelemetry for otel-cb: span events, span attributes and metrics of every breaker.
+"""OpenTelemetry for otel-cb: span events, log events, span attributes and metrics of every breaker.
 
-Usage::
+Telemetry is on by default, as OpenTelemetry asks of a library: otel-cb
+reports through the API's global providers, a no-op until the application
+installs an SDK (before or after the breakers are made), and then goes to
+that SDK with no further call. Usage::
 
     import otel_cb.telemetry
 
-    otel_cb.telemetry.configure()   # SDK providers + exporters from OTEL_* variables (if none
-                                    # are installed), then enable()
+    otel_cb.telemetry.configure()   # SDK providers + exporters from OTEL_* variables
+                                    # (where none are installed yet)
 
-    # or, with SDK providers of your own:
-    otel_cb.telemetry.enable()
-    reader = otel_cb.telemetry.add_duration_histogram(PeriodicExportingMetricReader(exporter))
+    otel_cb.telemetry.disable()     # opt out (or otel_cb in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
+    otel_cb.telemetry.enable(events="log")   # back on; events as log records only
 
-``enable()`` registers the observer that adds span events and logs
-transitions, and the observable instruments (scope ``otel_cb``). With no SDK
-installed, everything is a no-op. ``disable()`` stops all of it.
+Events (``circuit_breaker.state_change``, ``circuit_breaker.rejected``,
+``circuit_breaker.fallback``) go on the current span as span events, and the
+first two also as log records through the Logs API (``event.name``,
+correlated with the current span); ``OTEL_CB_EVENTS`` or ``enable(events=)``
+chooses ``span``, ``log`` or ``span,log`` (the default).
 
 Names of spans, events, attributes and instruments are a contract; the README
 lists them with the Prometheus names the exporter derives from them.
 
 Cost: the call path records no OpenTelemetry instrument. Every breaker keeps
-plain counters, which the observable instruments read when a metric reader
-collects; the call-duration histogram is bucketed in the breaker and handed
-to the readers that ``add_duration_histogram()`` extended (``configure()``
-does it for its own reader).
+plain counters (and, once an SDK meter provider exists, duration buckets),
+which ``_metrics`` turns into finished metric data when a reader collects.
 
 Integrations call ``annotate_current_span(breaker)`` after admission so the
 client span carries ``circuit_breaker.name`` and ``circuit_breaker.state``.
@@ -42,12 +44,13 @@ from ._core import (
     annotate_current_span,
     disable,
     enable,
+    enable_by_default,
     is_enabled,
 )
 
 if TYPE_CHECKING:
     from ._configure import TelemetrySetup, configure
-    from ._durations import add_duration_histogram
+    from ._metrics import add_duration_histogram
 
 __all__ = [
     "ATTR_NAME",
@@ -67,7 +70,10 @@ __all__ = [
 
 # These need the OpenTelemetry SDK; integrations that only annotate spans
 # import this package without loading it.
-_LAZY = {"configure": "_configure", "TelemetrySetup": "_configure", "add_duration_histogram": "_durations"}
+_LAZY = {"configure": "_configure", "TelemetrySetup": "_configure", "add_duration_histogram": "_metrics"}
+
+# Importing the package means telemetry is wanted: on now, not at the first breaker.
+enable_by_default()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,34 +1,44 @@
-"""The telemetry observer: span events, transition logs and observable instruments.
+"""The telemetry observer: span events, log events, transition logs, and the collection hook.
 
 This module owns what otel-cb tells OpenTelemetry through the *API* only
-(``opentelemetry.trace`` and ``opentelemetry.metrics``): span events and
-attributes on the span current when something happens, the ``otel_cb``
-logger's transition lines, and the observable instruments that read each
-breaker's plain counters when a metric reader collects. It leaves the SDK,
-exporters and the duration histogram's export to ``_configure`` and
-``_durations``, and the call path to the core, which never imports it.
+(``opentelemetry.trace``, ``opentelemetry._logs`` and ``opentelemetry.metrics``):
+span events and attributes on the span current when something happens, the
+same events as OpenTelemetry log records (``event.name``, correlated with the
+current span), the ``otel_cb`` logger's transition lines, and one observable
+gauge (``COLLECTION_HOOK``) whose callback tells ``_metrics`` that an SDK
+reader is collecting.
+Telemetry is on by default (``otel_cb._observers`` loads this module when the
+first breaker is made): the API's proxy providers make it free until an
+application installs an SDK, and route it there once it does.
+
+It leaves the SDK, exporters and exit to ``_configure``, the metric data to
+``_metrics``, and the call path to the core, which never imports it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import StatusCode
 
 from .. import _observers
-from .._breaker import BreakerSnapshot, CircuitBreaker
+from .._breaker import CircuitBreaker
 from .._errors import CircuitOpenError
 from .._state import CircuitState, StateChangeEvent
 from .._version import __version__
 
 __all__ = [
     "ATTR_NAME", "ATTR_STATE", "ATTR_PREVIOUS_STATE", "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RETRY_AFTER",
-    "SCOPE", "annotate_current_span", "enable", "disable", "is_enabled", "live_breakers", "telemetry",
+    "COLLECTION_HOOK", "DISABLED_ENV", "EVENTS_ENV", "REJECTED_EVENT_INTERVAL", "SCOPE", "annotate_current_span",
+    "disable", "enable", "enable_by_default", "is_enabled", "live_breakers", "parse_events", "telemetry",
 ]
 
 SCOPE = "otel_cb"
@@ -38,10 +48,22 @@ ATTR_PREVIOUS_STATE = "circuit_breaker.previous_state"
 ATTR_OUTCOME = "circuit_breaker.outcome"
 ATTR_REASON = "circuit_breaker.reason"
 ATTR_RETRY_AFTER = "circuit_breaker.retry_after"
+STATE_CHANGE_EVENT = "circuit_breaker.state_change"
+REJECTED_EVENT = "circuit_breaker.rejected"
+FALLBACK_EVENT = "circuit_breaker.fallback"
+COLLECTION_HOOK = "otel_cb.collection"
+
+EVENTS_ENV = "OTEL_CB_EVENTS"
+"""``span``, ``log`` or ``span,log`` (the default): where events go."""
+DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+REJECTED_EVENT_INTERVAL = 1.0
+"""At most one ``circuit_breaker.rejected`` log event per breaker in this many seconds."""
 
 logger = logging.getLogger("otel_cb")
+_current_span = trace.get_current_span
 
 _OPENING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
+_EVENT_KINDS = ("span", "log")
 
 
 def annotate_current_span(breaker: CircuitBreaker, state: CircuitState | str | None = None) -> None:
@@ -50,7 +72,7 @@ def annotate_current_span(breaker: CircuitBreaker, state: CircuitState | str | N
     Integrations call this right after a breaker admitted a call, so the
     client span (HTTP, gRPC, database) says which breaker guarded it and in
     which state; Jaeger's tag search then finds every call a breaker touched.
-    It works whether or not ``enable()`` was called, and costs one context
+    It works whether or not telemetry is enabled, and costs one context
     lookup when no span is recording.
 
     Args:
@@ -65,33 +87,84 @@ def annotate_current_span(breaker: CircuitBreaker, state: CircuitState | str | N
     span.set_attributes({ATTR_NAME: breaker.name, ATTR_STATE: str(state)})
 
 
+def parse_events(value: str, variable: str = EVENTS_ENV) -> tuple[bool, bool]:
+    """``"span"``, ``"log"`` or ``"span,log"`` -> (span events, log events).
+
+    Raises:
+        ValueError: naming ``variable``, the value and what is allowed.
+    """
+    kinds = {part.strip().lower() for part in value.split(",") if part.strip()}
+    if not kinds or not kinds <= set(_EVENT_KINDS):
+        raise ValueError(f"{variable}: {value[:40]!r} is not supported; use span, log or span,log")
+    return "span" in kinds, "log" in kinds
+
+
+class _RateLimit:
+    """Lets one event per key through every ``interval`` seconds of ``clock``.
+
+    Keys are breaker names (a plain dict is several times cheaper than a weak
+    one on the rejection path); past ``_MAX_KEYS`` names it starts afresh.
+    """
+
+    _MAX_KEYS = 10_000
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        # Two threads may both pass here at once: one event too many, never a lock on the call path.
+        if len(self._last) >= self._MAX_KEYS:
+            self._last = {}
+        self._last[key] = now
+        return True
+
+
 class _Telemetry:
     """The process-wide observer; one instance, registered by ``enable()``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.enabled = False
+        self.turned_off = False  # disable() was called: nothing turns it on again but enable()
+        self.span_events = True
+        self.log_events = True
         self._instruments_created = False
         self._tracer: trace.Tracer | None = None
+        self._events: _logs.Logger | None = None
         # Transitions per breaker, counted here because the core keeps none.
         self._transitions: weakref.WeakKeyDictionary[CircuitBreaker, dict[tuple[str, str, str], int]] = (
             weakref.WeakKeyDictionary()
         )
+        self.rejections = _RateLimit(REJECTED_EVENT_INTERVAL)
         self.histogram_enabled = False
 
     # -- lifecycle --------------------------------------------------------------
 
-    def enable(self) -> None:
+    def enable(self, events: str | None = None) -> None:
+        if events is not None:
+            self.span_events, self.log_events = parse_events(events, "events")
         with self._lock:
+            self.turned_off = False
             if self.enabled:
                 return
             self._tracer = trace.get_tracer(SCOPE, __version__)
+            self._events = _logs.get_logger(SCOPE, __version__)
             if not self._instruments_created:
-                self._create_instruments(metrics.get_meter(SCOPE, __version__))
+                metrics.get_meter(SCOPE, __version__).create_observable_gauge(
+                    COLLECTION_HOOK, _Callbacks([self._collecting]),
+                    description="otel-cb's collection hook; its point never leaves the process",
+                )
                 self._instruments_created = True
             self.enabled = True
+        self.check_providers(refresh=False)
         _observers.add_observer(self)
-        if self.histogram_enabled:
+        if self.histogram_enabled or _has_meter_provider():
             # Breakers made while disabled were not seen by breaker_created.
             self.enable_histograms()
 
@@ -99,8 +172,29 @@ class _Telemetry:
         _observers.remove_observer(self)
         with self._lock:
             # The API cannot unregister an instrument; a disabled observer's
-            # callbacks report nothing instead.
+            # callback reports nothing instead.
             self.enabled = False
+            self.turned_off = True
+
+    def check_providers(self, refresh: bool = True) -> None:
+        """Listen to rejections only while a tracer or logger provider could take what they make.
+
+        With neither installed a rejection has nothing to report, and rejections
+        are the hot path while a dependency is down; so the observer drops its
+        ``call_rejected`` hook then (the core skips it), and takes it back at the
+        next check: on every transition (a breaker opens before it rejects) and
+        every collection.
+        """
+        wanted = _has_tracer_or_logger_provider()
+        has = "call_rejected" not in vars(self)
+        if wanted == has:
+            return
+        if wanted:
+            del self.call_rejected  # the method again
+        else:
+            self.call_rejected = None  # type: ignore[assignment,method-assign]
+        if refresh:
+            _observers.refresh()
 
     def enable_histograms(self) -> None:
         """Start keeping call durations in every breaker (the duration export needs them)."""
@@ -108,13 +202,39 @@ class _Telemetry:
         for breaker in live_breakers():
             breaker.enable_duration_histogram()
 
+    def transitions(self) -> list[tuple[CircuitBreaker, dict[tuple[str, str, str], int]]]:
+        """(breaker, {(previous, state, reason): count}) for every breaker that changed state."""
+        with self._lock:
+            return [(breaker, dict(counts)) for breaker, counts in self._transitions.items()]
+
+    def _collecting(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Only an SDK metric reader calls this: it is collecting now.
+        if not self.enabled:
+            return []
+        from . import _metrics  # the SDK is there: the reader that calls us is one
+
+        _metrics.hook_global_readers()
+        self.check_providers()
+        if not self.histogram_enabled:
+            self.enable_histograms()
+        # One point, so that the SDK hands the reader a collection even when
+        # nothing else has data; the hooked reader swaps it for the breakers' metrics.
+        return [Observation(0)]
+
+    def _after_fork(self) -> None:
+        # A thread of the parent may have held the lock at fork; in the child it never lets go.
+        self._lock = threading.Lock()
+        self._transitions = weakref.WeakKeyDictionary(list(self._transitions.items()))
+
     # -- observer hooks (called by the core through _observers) ----------------
 
     def breaker_created(self, breaker: CircuitBreaker) -> None:
-        if self.histogram_enabled:
+        if self.histogram_enabled or _has_meter_provider():
+            self.histogram_enabled = True
             breaker.enable_duration_histogram()
 
     def state_changed(self, breaker: CircuitBreaker, event: StateChangeEvent) -> None:
+        self.check_providers()
         key = (event.previous_state.value, event.state.value, event.reason.value)
         with self._lock:
             counts = self._transitions.setdefault(breaker, {})
@@ -125,151 +245,92 @@ class _Telemetry:
             ATTR_STATE: key[1],
             ATTR_REASON: key[2],
         }
+        line = f"circuit breaker {event.name!r} {key[0]} -> {key[1]} ({key[2]})"
+        opening = event.state in _OPENING
         span = trace.get_current_span()
         if span.is_recording():
-            span.add_event("circuit_breaker.state_change", attributes)
+            self._state_change_events(span, attributes, line, opening)
         elif self._tracer is not None:
             # A transition no span would show (force_open() from a console, a
-            # timer): a short span of its own carries the event.
+            # timer): a short span of its own carries the events.
             with self._tracer.start_as_current_span(
                 "circuit_breaker.transition", kind=trace.SpanKind.INTERNAL, attributes=attributes,
                 record_exception=False, set_status_on_exception=False,
             ) as own:
-                own.add_event("circuit_breaker.state_change", attributes)
-        if event.state in _OPENING:
-            logger.warning("circuit breaker %r %s -> %s (%s)", event.name, key[0], key[1], key[2])
-        else:
-            logger.info("circuit breaker %r %s -> %s (%s)", event.name, key[0], key[1], key[2])
+                self._state_change_events(own, attributes, line, opening)
+        logger.log(logging.WARNING if opening else logging.INFO, "%s", line)
+
+    def _state_change_events(self, span: trace.Span, attributes: dict[str, str], line: str, opening: bool) -> None:
+        if self.span_events:
+            span.add_event(STATE_CHANGE_EVENT, attributes)
+        if self.log_events:
+            self._log_event(STATE_CHANGE_EVENT, attributes, line,
+                            SeverityNumber.WARN if opening else SeverityNumber.INFO)
 
     def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
-        span = trace.get_current_span()
-        if not span.is_recording():
+        # The rejection path is hot while a dependency is down: nothing is built
+        # unless a span records or a log event is due.
+        span = _current_span()
+        recording = span.is_recording()
+        due = self.log_events and self.rejections.allow(error.name)
+        if not (recording or due):
             return
         attributes: dict[str, str | float] = {ATTR_NAME: error.name, ATTR_STATE: error.state.value}
         if error.retry_after is not None:
             attributes[ATTR_RETRY_AFTER] = error.retry_after
-        span.add_event("circuit_breaker.rejected", attributes)
-        span.set_attributes({ATTR_NAME: error.name, ATTR_STATE: error.state.value})
-        span.set_status(StatusCode.ERROR, f"circuit breaker {error.name!r} is {error.state.value}: call rejected")
+        if recording:
+            if self.span_events:
+                span.add_event(REJECTED_EVENT, attributes)
+            span.set_attributes({ATTR_NAME: error.name, ATTR_STATE: error.state.value})
+            span.set_status(StatusCode.ERROR, f"circuit breaker {error.name!r} is {error.state.value}: call rejected")
+        if due:
+            line = f"circuit breaker {error.name!r} is {error.state.value}: call rejected"
+            self._log_event(REJECTED_EVENT, attributes, line, SeverityNumber.INFO)
 
     def fallback_served(self, breaker: CircuitBreaker, outcome: str) -> None:
-        span: Span = trace.get_current_span()
+        if not self.span_events:
+            return
+        span = trace.get_current_span()
         if span.is_recording():
-            span.add_event(
-                "circuit_breaker.fallback",
-                {ATTR_NAME: breaker.name, ATTR_OUTCOME: outcome},
-            )
+            span.add_event(FALLBACK_EVENT, {ATTR_NAME: breaker.name, ATTR_OUTCOME: outcome})
 
-    # -- observable instruments --------------------------------------------------
-
-    def _create_instruments(self, meter: metrics.Meter) -> None:
-        for name, kind, unit, description, extract in _INSTRUMENTS:
-            if kind == "counter":
-                meter.create_observable_counter(name, [self._callback(extract, True)], unit=unit,
-                                                description=description)
-            else:
-                meter.create_observable_gauge(name, [self._callback(extract, False)], unit=unit,
-                                              description=description)
-        meter.create_observable_counter(
-            "circuit_breaker.transitions", [self._observe_transitions], unit="{transition}",
-            description="State transitions by previous state, state and reason",
-        )
-        meter.create_observable_gauge(
-            "circuit_breaker.shared_state.local", [self._observe_local], unit="{breaker}",
-            description="For breakers with shared state (otel_cb.shared): 1 while running on local state "
-                        "because the shared store is unreachable, else 0",
-        )
-
-    def _callback(self, extract: _Extract, add: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            if not self.enabled:
-                return []
-            series: _Series = {}
-            for breaker in live_breakers():
-                snap = breaker.snapshot()
-                for value, attributes in extract(snap):
-                    _merge(series, ((ATTR_NAME, snap.name), *sorted(attributes.items())), value, add)
-            return _observations(series)
-        return observe
-
-    def _observe_transitions(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.enabled:
-            return []
-        with self._lock:
-            rows = [(breaker.name, dict(counts)) for breaker, counts in self._transitions.items()]
-        series: _Series = {}
-        for name, counts in rows:
-            for (previous, state, reason), count in counts.items():
-                key = ((ATTR_NAME, name), (ATTR_PREVIOUS_STATE, previous), (ATTR_STATE, state), (ATTR_REASON, reason))
-                _merge(series, key, count, True)
-        return _observations(series)
+    def _log_event(self, name: str, attributes: dict[str, str] | dict[str, str | float], body: str,
+                   severity: SeverityNumber) -> None:
+        events = self._events
+        if events is None:
+            return
+        # The record takes the current context, so it is correlated with the current span.
+        events.emit(event_name=name, attributes={"event.name": name, **attributes}, body=body,
+                    severity_number=severity, severity_text=severity.name)
 
 
-    def _observe_local(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.enabled:
-            return []
-        series: _Series = {}
-        for breaker in live_breakers():
-            shared = breaker.shared_state
-            if shared is not None:  # only breakers that share state have this series
-                _merge(series, ((ATTR_NAME, breaker.name),), float(bool(getattr(shared, "running_locally", False))),
-                       False)
-        return _observations(series)
+class _Callbacks(list[Callable[[CallbackOptions], Iterable[Observation]]]):
+    """The hook gauge's callbacks, which also tell when an SDK meter provider appears.
+
+    The API has no event for a provider being installed; but a real meter
+    reads an observable instrument's callbacks when it makes the instrument,
+    which the API's proxy does the moment the application sets its provider.
+    Duration buckets start then, not at the first collection.
+    """
+
+    def __iter__(self) -> Iterator[Callable[[CallbackOptions], Iterable[Observation]]]:
+        if telemetry.enabled and not telemetry.histogram_enabled:
+            telemetry.enable_histograms()
+        return super().__iter__()
 
 
-_Series = dict[tuple[tuple[str, str], ...], float]
+def _has_tracer_or_logger_provider() -> bool:
+    return (not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+            or not isinstance(_logs.get_logger_provider(), (_logs._internal.ProxyLoggerProvider,
+                                                             _logs.NoOpLoggerProvider)))
 
 
-def _merge(series: _Series, key: tuple[tuple[str, str], ...], value: float, add: bool) -> None:
-    """One series per attribute set: breakers that share a name (made outside the
-    registry) add up their counts; for a gauge the last one stands."""
-    series[key] = series.get(key, 0) + value if add else value
+def _has_meter_provider() -> bool:
+    """True once the application (or ``configure()``) installed a meter provider."""
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
 
-
-def _observations(series: _Series) -> list[Observation]:
-    return [Observation(value, dict(key)) for key, value in series.items()]
-
-
-_Extract = Callable[[BreakerSnapshot], Iterable[tuple[float, dict[str, str]]]]
-
-
-def _by_outcome(counts: dict[str, int]) -> list[tuple[float, dict[str, str]]]:
-    return [(count, {ATTR_OUTCOME: outcome}) for outcome, count in counts.items()]
-
-
-def _alone(value: float) -> list[tuple[float, dict[str, str]]]:
-    return [(value, {})]
-
-
-# The observable instruments read from each breaker's snapshot at collection
-# time: name, kind, unit, description, and what a snapshot yields
-# (value, attributes besides circuit_breaker.name). The names are a contract.
-_INSTRUMENTS: tuple[tuple[str, str, str, str, _Extract], ...] = (
-    ("circuit_breaker.calls", "counter", "{call}",
-     "Calls through the breaker by outcome (success, failure, ignored, rejected)",
-     lambda snap: _by_outcome(snap.calls)),
-    ("circuit_breaker.slow_calls", "counter", "{call}",
-     "Calls at least slow_call_duration long, by outcome (success, failure)",
-     lambda snap: _by_outcome(snap.slow_calls)),
-    ("circuit_breaker.state", "gauge", "1",
-     "1 for the breaker's current state, 0 for every other state",
-     lambda snap: [(1 if state is snap.state else 0, {ATTR_STATE: state.value}) for state in CircuitState]),
-    ("circuit_breaker.failure_rate", "gauge", "1",
-     "Failed share of the calls in the closed-state window (0..1)",
-     lambda snap: _alone(snap.failure_rate)),
-    ("circuit_breaker.slow_call_rate", "gauge", "1",
-     "Slow share of the calls in the closed-state window (0..1)",
-     lambda snap: _alone(snap.slow_call_rate)),
-    ("circuit_breaker.buffered_calls", "gauge", "{call}",
-     "Calls the closed-state window holds",
-     lambda snap: _alone(snap.buffered_calls)),
-    ("circuit_breaker.fallbacks", "counter", "{call}",
-     "Fallbacks served, by outcome (success, failure)",
-     lambda snap: _by_outcome(snap.fallbacks)),
-    ("circuit_breaker.time_in_state", "counter", "s",
-     "Seconds spent in each state since the breaker was made",
-     lambda snap: [(seconds, {ATTR_STATE: state.value}) for state, seconds in snap.time_in_state.items()]),
-)
+    return not isinstance(metrics.get_meter_provider(), (_ProxyMeterProvider, NoOpMeterProvider))
 
 
 def live_breakers() -> list[CircuitBreaker]:
@@ -285,28 +346,57 @@ def live_breakers() -> list[CircuitBreaker]:
 
 
 telemetry = _Telemetry()
-"""The one observer; ``enable()`` registers it."""
+"""The one observer; on by default, ``disable()`` unregisters it."""
+os.register_at_fork(after_in_child=telemetry._after_fork)
 
 
-def enable() -> None:
-    """Report every breaker through OpenTelemetry (idempotent).
+def enable(events: str | None = None) -> None:
+    """Report every breaker through OpenTelemetry (idempotent; on by default).
 
-    Registers the process-wide observer that adds span events and logs
-    transitions, and the observable instruments on the global meter
-    (instrumentation scope ``otel_cb``), which read each breaker's own counters
-    when a metric reader collects; breakers made before this call are
-    reported too. With no SDK installed, the API's no-op providers make all of
-    this free. Install providers first (``configure()``) or at any time later:
-    the API hands the instruments over once a provider is set.
+    Telemetry is on without this call: it goes through the API's global
+    providers, a no-op until the application installs an SDK (before or after
+    the breakers are made). Call it to turn telemetry back on after
+    ``disable()``, or against ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``
+    (explicit code wins), or to choose where events go.
+
+    Args:
+        events: ``"span"`` (span events only), ``"log"`` (log records through
+            the Logs API only) or ``"span,log"`` (both, the default); None keeps
+            the current choice (``OTEL_CB_EVENTS`` at start).
+
+    Raises:
+        ValueError: ``events`` is none of these.
     """
-    telemetry.enable()
+    telemetry.enable(events)
+
+
+def enable_by_default() -> None:
+    """Turn telemetry on unless ``disable()`` was called or the environment opts out.
+
+    ``otel_cb`` (or ``*``) in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` opts
+    out; ``OTEL_CB_EVENTS`` chooses span events, log events or both (a value
+    otel-cb does not know is logged once, and both are kept).
+    """
+    if telemetry.turned_off or telemetry.enabled:
+        return
+    skipped = {name.strip().lower() for name in os.environ.get(DISABLED_ENV, "").split(",")}
+    if skipped & {"otel_cb", "otel-cb", "*"}:
+        return
+    events = None
+    if os.environ.get(EVENTS_ENV, "").strip():
+        try:
+            parse_events(os.environ[EVENTS_ENV])
+            events = os.environ[EVENTS_ENV]
+        except ValueError as exc:
+            logger.error("otel-cb telemetry: %s; span and log events are both on", exc)
+    telemetry.enable(events)
 
 
 def disable() -> None:
-    """Stop reporting (idempotent): no more span events, logs or observations."""
+    """Stop reporting (idempotent): no more span events, log events, logs or metrics."""
     telemetry.disable()
 
 
 def is_enabled() -> bool:
-    """True between ``enable()`` and ``disable()``."""
+    """True while telemetry reports (by default, or after ``enable()``), until ``disable()``."""
     return telemetry.enabled

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,18 @@ def start_local_cluster() -> LocalCluster:
     return cluster
 
 
-def find_database() -> tuple[str | None, LocalCluster | None, str]:
-    """The DSN to use, the cluster to stop at exit, and a sentence saying which."""
+def find_database(announce: Callable[[str], None]) -> tuple[str | None, LocalCluster | None, str]:
+    """The DSN to use, the cluster to stop at exit, and a sentence saying which.
+
+    ``announce`` is told before the few seconds a throwaway cluster takes to start.
+    """
     url = os.environ.get("DATABASE_URL")
     if url:
         return url, None, "PostgreSQL from DATABASE_URL"
+    announce("database: starting a throwaway PostgreSQL cluster from the local binaries (a few seconds; "
+             "set DATABASE_URL to use your own)")
     try:
         cluster = start_local_cluster()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         return None, None, f"running without the database ({exc}; set DATABASE_URL to use one)"
-    return cluster.dsn, cluster, "a throwaway local PostgreSQL cluster (set DATABASE_URL to use your own)"
+    return cluster.dsn, cluster, f"a throwaway PostgreSQL cluster is up on 127.0.0.1:{cluster.port}"

@@ -70,14 +70,19 @@ class FaultScript:
 
     def current(self) -> str:
         """The phase now; the last phase holds once the script has run out."""
-        if self._held is not None:
-            return self._held
+        return self.position()[0]
+
+    def position(self) -> tuple[str, float, float]:
+        """The phase now, the seconds left in it and the seconds left in the whole script."""
         elapsed = time.monotonic() - self._start
+        left = max(0.0, self.total_seconds - elapsed)
+        if self._held is not None:
+            return self._held, left, left
         for phase in self.phases:
             if elapsed < phase.seconds:
-                return phase.name
+                return phase.name, phase.seconds - elapsed, left
             elapsed -= phase.seconds
-        return self.phases[-1].name
+        return self.phases[-1].name, 0.0, 0.0
 
     def finished(self) -> bool:
         return time.monotonic() - self._start >= self.total_seconds

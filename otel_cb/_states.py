@@ -1,0 +1,555 @@
+"""The breaker's state machine: one class per state, one interface for all.
+
+| state | calls | leaves when |
+|---|---|---|
+| `closed` | admitted and recorded | `failure_threshold` consecutive failures, or, once the window holds `minimum_calls`, the failure rate reaches `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`: to `open` |
+| `open` | rejected with `CircuitOpenError` | the first call after the open timeout becomes a probe: to `half_open` |
+| `half_open` | up to `half_open_max_calls` probes at once; the rest rejected | `success_threshold` consecutive probe successes: to `closed` (window and backoff reset); any probe failure, or a slow probe: back to `open` |
+| `forced_open` | rejected | `reset()` |
+| `disabled` | admitted, nothing recorded | `reset()` |
+
+(The README's "States and rules" table; ``reset()``, ``force_open()``,
+``disable()`` and a shared-state backend's ``apply_shared_state`` move any state
+to any other.)
+
+A state object is one *stay* in a state: every transition (``enter``) builds a
+new object and swaps it in whole as ``breaker._current``; nothing tests a state
+enum to decide what a call does. Every state answers the same questions:
+
+- ``admit(breaker)``: may a call go? Returns the stay the call is admitted in
+  (its outcome is reported back to that object), or raises ``CircuitOpenError``. ``Closed`` and ``Disabled`` admit without the lock; ``Open`` and
+  ``ForcedOpen`` reject without it; ``HalfOpen`` takes it.
+- ``on_success``, ``on_result``, ``on_exception``, ``on_outcome``,
+  ``on_ignored``, ``release``, ``drop``: the outcome of a call admitted in this
+  stay. A stay that is no longer current still counts the outcome in the
+  statistics but moves nothing: a slow call admitted while closed cannot close
+  a breaker that has since opened and gone half-open (stale outcomes). The
+  object's identity is the epoch; ``breaker._epoch`` counts transitions for
+  the shared-state backend.
+- ``judge``: the state's rules for an outcome of the current stay (lock held);
+  returns the transition's event, if any.
+- ``leave(breaker)``: the stay ends (lock held).
+
+Where things live:
+
+- ``Closed``: the window, the consecutive-failure streak, the rate rules and an
+  optional ``FailureDetector`` (the extension point for adaptive detection:
+  ``CircuitBreaker.attach_failure_detector``), consulted after the built-in rules.
+  Its ``on_success`` is the hot path: one lock round trip, no allocation.
+- ``Open``: the deadline, and ``may_probe(now)``, the one decision "may a probe
+  go now?" (the extension point for health checks).
+- ``HalfOpen``: everything about probes: slots, the shared-state probe lease,
+  probe outcomes, and permits dropped unreported (``drop`` leaves a note, the
+  next admission or snapshot hands the slot back).
+- ``trip``: opening with backoff, jitter and a server's Retry-After.
+
+Locking: one non-reentrant lock per breaker (``breaker._lock``) guards every
+stay's fields. It is never held while the protected call, a listener or an
+observer runs (``enter`` returns the event; the caller announces it after
+releasing the lock).
+"""  # noqa: E501  (the table's rows are the README's, unwrapped)
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+from . import _observers
+from ._errors import CircuitOpenError
+from ._state import CircuitState, Reason, StateChangeEvent, Verdict
+from ._window import CountWindow, TimeWindow, Window
+
+if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
+
+__all__ = [
+    "Closed", "Disabled", "FailureDetector", "ForcedOpen", "HalfOpen", "Open", "State",
+    "NO_RESULT", "admit_under_lock", "enter", "new_window", "trip",
+]
+
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+_HALF_OPEN = CircuitState.HALF_OPEN
+_FORCED_OPEN = CircuitState.FORCED_OPEN
+_DISABLED = CircuitState.DISABLED
+NO_RESULT: object = object()  # ``on_success`` without a returned value to judge
+
+
+class FailureDetector(Protocol):
+    """An extra rule of the closed state (an adaptive failure detector, say).
+
+    Attach one with ``CircuitBreaker.attach_failure_detector``. Its methods run
+    with the breaker's lock held: they must be quick, do no I/O and never call
+    back into the breaker. One that raises is logged once and counts as
+    "no opinion".
+    """
+
+    def record(self, now: float, duration: float, failed: bool, slow: bool) -> Reason | None:
+        """One outcome of the current closed stay, after the built-in rules let it pass.
+
+        Returns a ``Reason`` to open the breaker with it, or None.
+        """
+
+    def reset(self) -> None:
+        """The breaker (re)entered closed: forget what the last stay saw."""
+
+
+class State:
+    """One stay in a state. Subclasses override what their state does differently."""
+
+    __slots__ = ("kind", "reopenings")
+
+    def __init__(self, kind: CircuitState, reopenings: int = 0) -> None:
+        self.kind = kind
+        # Consecutive reopenings from half-open (backoff); carried through a
+        # stay in any state but closed, which starts again from 0.
+        self.reopenings = reopenings
+
+    # -- admission ---------------------------------------------------------------
+
+    def admit(self, breaker: CircuitBreaker) -> State:
+        """Admit one call: the stay it is admitted in.
+
+        Raises:
+            CircuitOpenError: when the call is rejected (counted, and told to the observers).
+        """
+        return self
+
+    def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
+        """``admit`` for a caller that holds the lock (see ``admit_under_lock``):
+        returns the rejection instead of raising it."""
+        return self
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def on_success(self, breaker: CircuitBreaker, start: float, end: float, result: object = NO_RESULT) -> None:
+        """The call returned ``result`` (``NO_RESULT``: a success, nothing to judge)."""
+        if result is not NO_RESULT and breaker._failed_result is not None:
+            self.on_result(breaker, start, end, result)
+        else:
+            self.on_outcome(breaker, start, end, False)
+
+    def on_result(self, breaker: CircuitBreaker, start: float, end: float, result: object) -> None:
+        """The call returned ``result``: a success unless ``is_failure_result`` says otherwise.
+        A raising predicate is logged once and the call counts as a success."""
+        failed_result = breaker._failed_result
+        if failed_result is None:
+            self.on_success(breaker, start, end)  # the closed state's fast path
+            return
+        failed = _observers.call_safely(
+            failed_result, f"is_failure_result of circuit breaker {breaker.name!r}", result, default=False)
+        # Judged results always take the full rules (the fast path has nothing to judge with).
+        self.on_outcome(breaker, start, end, bool(failed))
+
+    def on_exception(self, breaker: CircuitBreaker, start: float, end: float, exc: BaseException) -> Verdict | None:
+        """The call raised ``exc``: classify it and record the verdict, which is returned."""
+        if breaker._config.call_timeout is not None and _is_call_timeout(exc):
+            verdict: Verdict | None = "failure"  # ours: a failure whatever the exception rules say
+        else:
+            verdict = breaker.classify(exc)
+        if verdict == "failure":
+            self.on_outcome(breaker, start, end, True)
+        elif verdict == "ignored":
+            self.on_ignored(breaker, start, end)
+        else:
+            self.release(breaker)
+        return verdict
+
+    def on_outcome(self, breaker: CircuitBreaker, start: float, end: float, failed: bool,
+                   retry_after: float | None = None) -> None:
+        """A success or a failure: counted, then judged by the state's rules if this stay is current."""
+        duration = end - start
+        slow = duration >= breaker._slow_at
+        event = None
+        judged = False
+        lock = breaker._lock
+        lock.acquire()
+        try:
+            breaker._counters.count(failed, slow)
+            if breaker._histogram is not None:
+                breaker._histogram.record(1 if failed else 0, duration)
+            if self is breaker._current:
+                judged = True
+                event = self.judge(breaker, end, duration, failed, slow, retry_after)
+        finally:
+            lock.release()
+        if event is not None:
+            breaker._announce(event)
+        elif judged and self.kind is _CLOSED and breaker._shared is not None:
+            _observers.call_safely(breaker._shared.on_outcome, "shared state", failed, slow)
+
+    def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
+              retry_after: float | None) -> StateChangeEvent | None:
+        """This state's rules for one outcome of the current stay. Lock held."""
+        return None
+
+    def on_ignored(self, breaker: CircuitBreaker, start: float, end: float) -> None:
+        """The call ended in a way that says nothing about the dependency."""
+        lock = breaker._lock
+        lock.acquire()
+        try:
+            breaker._counters.ignored += 1
+            if breaker._histogram is not None:
+                breaker._histogram.record(2, end - start)
+            if self is breaker._current:
+                self.without_verdict(breaker)
+        finally:
+            lock.release()
+
+    def release(self, breaker: CircuitBreaker) -> None:
+        """No verdict at all (cancelled, abandoned, released by hand)."""
+
+    def without_verdict(self, breaker: CircuitBreaker) -> None:
+        """A call of the current stay ended without success or failure. Lock held."""
+
+    def drop(self, breaker: CircuitBreaker) -> None:
+        """A permit of this stay was dropped unreported. Called from a finaliser,
+        which may run while this thread holds the lock: must not take it."""
+
+    # -- the stay ----------------------------------------------------------------
+
+    def leave(self, breaker: CircuitBreaker) -> None:
+        """The stay ends. Lock held."""
+
+    def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
+        """``(buffered, failures, slow, consecutive_failures, probes, retry_after)`` for ``snapshot``. Lock held."""
+        return 0, 0, 0, 0, 0, None
+
+
+class Closed(State):
+    """Calls are admitted and recorded; the rules (and a detector) decide when to open."""
+
+    __slots__ = ("window", "add_success", "streak", "streak_mark", "fast_successes", "fast_below", "detector")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        super().__init__(_CLOSED)
+        window = breaker._window
+        window.reset()
+        self.window = window
+        self.add_success = window.add_success  # bound once: the hot path calls it
+        # Successes of the fast path, added to the breaker's counters when the
+        # stay ends. They also end the failure streak: ``streak`` counts only
+        # while ``fast_successes`` still equals ``streak_mark`` (its value at
+        # the streak's last failure), so a fast success bumps one integer.
+        self.fast_successes = 0
+        self.streak = 0
+        self.streak_mark = 0
+        self.detector: FailureDetector | None = None
+        self.fast_below = breaker._slow_at
+        self.use_detector(breaker, breaker._detector)
+
+    def use_detector(self, breaker: CircuitBreaker, detector: FailureDetector | None) -> None:
+        """Consult ``detector`` from now on (None: the built-in rules only). Lock held."""
+        self.detector = detector
+        # With a detector, or results to judge, every outcome takes the full
+        # rules: no duration is below -inf. The hot path tests nothing more
+        # (``leave`` sets the same bound).
+        fast = detector is None and breaker._failed_result is None
+        self.fast_below = breaker._slow_at if fast else -math.inf
+        if detector is not None:
+            _observers.call_safely(detector.reset, f"failure detector of circuit breaker {breaker.name!r}")
+
+    def on_success(self, breaker: CircuitBreaker, start: float, end: float, result: object = NO_RESULT) -> None:
+        """The hot path: a fast success of the current stay. Anything else takes the full rules."""
+        duration = end - start
+        lock = breaker._lock
+        lock.acquire()
+        if duration < self.fast_below:  # -inf once the stay has ended (see leave)
+            try:
+                self.fast_successes += 1  # ends the failure streak too (see __init__)
+                histogram = breaker._histogram
+                if histogram is not None:
+                    histogram.record(0, duration)
+                event = self.check_rates(breaker, end, None) if self.add_success(end) else None
+            finally:
+                lock.release()
+            if event is not None:
+                breaker._announce(event)
+            elif breaker._shared is not None:
+                _observers.call_safely(breaker._shared.on_outcome, "shared state", False, False)
+            return
+        lock.release()
+        State.on_success(self, breaker, start, end, result)
+
+    def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
+              retry_after: float | None) -> StateChangeEvent | None:
+        self.window.record(now, failed, slow)
+        if failed:
+            streak = self.consecutive_failures() + 1
+            self.streak = streak
+            self.streak_mark = self.fast_successes
+            threshold = breaker._config.failure_threshold
+            if threshold is not None and streak >= threshold:
+                return trip(breaker, Reason.CONSECUTIVE_FAILURES, now, retry_after)
+        else:
+            self.streak = 0
+        event = self.check_rates(breaker, now, retry_after)
+        if event is None and self.detector is not None:
+            reason = _observers.call_safely(
+                self.detector.record, f"failure detector of circuit breaker {breaker.name!r}",
+                now, duration, failed, slow)
+            if isinstance(reason, Reason):
+                return trip(breaker, reason, now, retry_after)
+        return event
+
+    def consecutive_failures(self) -> int:
+        """Failures since the last success of this stay. Lock held."""
+        return self.streak if self.fast_successes == self.streak_mark else 0
+
+    def check_rates(self, breaker: CircuitBreaker, now: float, retry_after: float | None) -> StateChangeEvent | None:
+        """Open if a rate rule fires on the window as it stands. Lock held."""
+        window = self.window
+        total = window.total
+        if total < breaker._min_calls:
+            return None
+        if window.failures / total >= breaker._failure_rate_at:
+            return trip(breaker, Reason.FAILURE_RATE, now, retry_after)
+        if window.slow / total >= breaker._slow_rate_at:
+            return trip(breaker, Reason.SLOW_CALL_RATE, now, retry_after)
+        return None
+
+    def leave(self, breaker: CircuitBreaker) -> None:
+        breaker._counters.success += self.fast_successes
+        self.fast_successes = 0
+        # An ended stay's outcomes are stale: they take the full path, which
+        # counts them and moves nothing. The hot path tests only this bound.
+        self.fast_below = -math.inf
+
+    def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
+        # Read without aging the window: aging is the record path's job, which
+        # re-checks the rate rules when it happens.
+        total, failures, slow = self.window.counts(now)
+        return total, failures, slow, self.consecutive_failures(), 0, None
+
+
+class Open(State):
+    """Calls are rejected until ``may_probe`` says a probe may go; then half-open."""
+
+    __slots__ = ("until", "timeout")
+
+    def __init__(self, until: float, timeout: float, reopenings: int) -> None:
+        super().__init__(_OPEN, reopenings)
+        self.until = until
+        self.timeout = timeout
+
+    def may_probe(self, now: float) -> bool:
+        """May a probe go at ``now``? The open timeout has elapsed: the one place
+        this is decided (without the lock: the stay's fields never change)."""
+        return now >= self.until
+
+    def admit(self, breaker: CircuitBreaker) -> State:
+        now = breaker._clock()
+        if not self.may_probe(now):
+            # Rejecting while open takes no lock: the hot path while open.
+            next(breaker._counters.rejections)
+            if _observers.observers:
+                _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, self.until - now))
+            # Raised unnamed: no error -> traceback -> frame -> error cycle, so it is freed at once.
+            raise CircuitOpenError(breaker.name, _OPEN, self.until - now)
+        return admit_under_lock(breaker)
+
+    def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
+        # Opened again by another thread since the caller looked.
+        return CircuitOpenError(breaker.name, _OPEN, max(0.0, self.until - now))
+
+    def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
+        return 0, 0, 0, 0, 0, max(0.0, self.until - now)
+
+
+class HalfOpen(State):
+    """Up to ``half_open_max_calls`` probes at once; their outcomes close or reopen the breaker.
+
+    A probe holds a slot from admission to its report. A probe that never
+    reports a verdict (released, cancelled, ignored, or its permit dropped)
+    hands the slot back, so a breaker is never stuck half-open. With a
+    shared-state backend, a probe also needs a fleet-wide lease
+    (``SharedStateSync.acquire_probe``), handed back with the slot.
+    """
+
+    __slots__ = ("probes", "successes", "orphans")
+
+    def __init__(self, reopenings: int) -> None:
+        super().__init__(_HALF_OPEN, reopenings)
+        self.probes = 0
+        self.successes = 0  # consecutive probe successes
+        # One entry per probe permit dropped unreported, adopted at the next
+        # admission or snapshot: a finaliser may run while this thread holds the lock.
+        self.orphans: list[None] = []
+
+    def admit(self, breaker: CircuitBreaker) -> State:
+        return admit_under_lock(breaker)
+
+    def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
+        self.adopt_orphans(breaker)
+        shared = breaker._shared
+        if self.probes < breaker._config.half_open_max_calls and (
+            shared is None or _observers.call_safely(shared.acquire_probe, "shared state", default=True)
+        ):
+            self.probes += 1
+            return self
+        return CircuitOpenError(breaker.name, _HALF_OPEN, 0.0)
+
+    def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
+              retry_after: float | None) -> StateChangeEvent | None:
+        self.end_probe(breaker)
+        if failed or slow:
+            # A slow probe says the dependency is not back yet.
+            return trip(breaker, Reason.PROBE_FAILURE, now, retry_after)
+        self.successes += 1
+        if self.successes >= breaker._config.success_threshold:
+            return enter(breaker, Closed(breaker), Reason.PROBE_SUCCESS, now)
+        return None
+
+    def release(self, breaker: CircuitBreaker) -> None:
+        lock = breaker._lock
+        lock.acquire()
+        try:
+            if self is breaker._current:
+                self.end_probe(breaker)
+        finally:
+            lock.release()
+
+    def without_verdict(self, breaker: CircuitBreaker) -> None:
+        self.end_probe(breaker)
+
+    def drop(self, breaker: CircuitBreaker) -> None:
+        if self is breaker._current:
+            self.orphans.append(None)  # atomic; see __init__
+
+    def adopt_orphans(self, breaker: CircuitBreaker) -> None:
+        """Hand back the slots of probe permits dropped unreported. Lock held."""
+        orphans = self.orphans
+        while orphans:
+            orphans.pop()
+            self.end_probe(breaker)
+
+    def end_probe(self, breaker: CircuitBreaker) -> None:
+        """A probe ended: its slot and its shared-state lease go back. Lock held."""
+        self.probes -= 1
+        if breaker._shared is not None:
+            _observers.call_safely(breaker._shared.release_probe, "shared state")
+
+    def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
+        self.adopt_orphans(breaker)
+        return 0, 0, 0, 0, self.probes, None
+
+
+class ForcedOpen(State):
+    """Every call rejected until ``reset()``."""
+
+    __slots__ = ()
+
+    def __init__(self, reopenings: int) -> None:
+        super().__init__(_FORCED_OPEN, reopenings)
+
+    def admit(self, breaker: CircuitBreaker) -> State:
+        next(breaker._counters.rejections)
+        if _observers.observers:
+            _raise_observed(breaker, CircuitOpenError(breaker.name, _FORCED_OPEN, None))
+        raise CircuitOpenError(breaker.name, _FORCED_OPEN, None)  # unnamed: see Open.admit
+
+    def admit_locked(self, breaker: CircuitBreaker, now: float) -> State | CircuitOpenError:
+        return CircuitOpenError(breaker.name, _FORCED_OPEN, None)
+
+
+class Disabled(State):
+    """Every call admitted, nothing recorded, until ``reset()``."""
+
+    __slots__ = ()
+
+    def __init__(self, reopenings: int) -> None:
+        super().__init__(_DISABLED, reopenings)
+
+    def on_success(self, breaker: CircuitBreaker, start: float, end: float, result: object = NO_RESULT) -> None:
+        if result is not NO_RESULT and breaker._failed_result is not None:
+            self.on_result(breaker, start, end, result)  # the predicate runs, as for any call
+
+    def on_outcome(self, breaker: CircuitBreaker, start: float, end: float, failed: bool,
+                   retry_after: float | None = None) -> None:
+        pass
+
+    def on_ignored(self, breaker: CircuitBreaker, start: float, end: float) -> None:
+        pass
+
+
+def admit_under_lock(breaker: CircuitBreaker) -> State:
+    """Admission that needs the lock: open -> half-open once a probe may go, probe slots.
+
+    The transition and the first probe's admission happen under one lock, so
+    the call that moves the breaker to half-open is its first probe.
+
+    Raises:
+        CircuitOpenError: when the call is rejected.
+    """
+    now = breaker._clock()
+    event = None
+    lock = breaker._lock
+    lock.acquire()
+    try:
+        current = breaker._current
+        if isinstance(current, Open) and current.may_probe(now):
+            event = enter(breaker, HalfOpen(current.reopenings), Reason.OPEN_TIMEOUT_ELAPSED, now)
+            current = breaker._current
+        admitted = current.admit_locked(breaker, now)
+    finally:
+        lock.release()
+    if event is not None:
+        breaker._announce(event)
+    if isinstance(admitted, CircuitOpenError):
+        next(breaker._counters.rejections)
+        _raise_observed(breaker, admitted)
+    return admitted
+
+
+def _raise_observed(breaker: CircuitBreaker, refused: CircuitOpenError) -> NoReturn:
+    """Tell the observers of a rejection (telemetry counts them), then raise it."""
+    if _observers.observers:
+        _observers.notify("call_rejected", breaker, refused)
+    try:
+        raise refused
+    finally:
+        del refused  # no error -> traceback -> frame -> error cycle: freed at once
+
+
+def enter(breaker: CircuitBreaker, state: State, reason: Reason, now: float,
+          open_timeout: float | None = None) -> StateChangeEvent:
+    """Swap ``state`` in as the current stay. Lock held; returns the event to announce after releasing it."""
+    previous = breaker._current
+    previous.leave(breaker)
+    breaker._time_in_state(previous.kind, now)
+    breaker._epoch += 1
+    breaker._current = state
+    breaker._state = state.kind
+    return StateChangeEvent(breaker.name, previous.kind, state.kind, reason, now, open_timeout)
+
+
+def trip(breaker: CircuitBreaker, reason: Reason, now: float, retry_after: float | None = None) -> StateChangeEvent:
+    """Open (or reopen) with backoff, jitter and a server's Retry-After hint. Lock held."""
+    config = breaker._config
+    previous = breaker._current
+    reopenings = previous.reopenings + 1 if previous.kind is _HALF_OPEN else 0
+    try:
+        timeout = config.open_timeout * config.backoff_multiplier ** reopenings
+    except OverflowError:  # a dependency down for a thousand reopenings
+        timeout = config.max_open_timeout
+    timeout = min(timeout, config.max_open_timeout)
+    if retry_after is not None and retry_after > timeout:
+        timeout = min(retry_after, config.max_open_timeout)
+    if config.jitter:
+        timeout += random.random() * config.jitter * timeout
+    return enter(breaker, Open(now + timeout, timeout, reopenings), reason, now, timeout)
+
+
+def new_window(breaker: CircuitBreaker) -> Window:
+    """The closed state's window, as configured; its buckets are allocated on the first call."""
+    config = breaker._config
+    if config.window_type == "count":
+        return CountWindow(int(config.window_size), breaker._min_calls)
+    return TimeWindow(config.window_size, breaker._min_calls)
+
+
+def _is_call_timeout(exc: BaseException) -> bool:
+    """True for the TimeoutError that ``asyncio.wait_for`` raises when our ``call_timeout`` expires."""
+    return isinstance(exc, asyncio.TimeoutError) and isinstance(exc.__cause__, asyncio.CancelledError)
