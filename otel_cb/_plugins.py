@@ -55,6 +55,7 @@ __all__ = [
     "log_once",
     "new_manager",
     "register",
+    "reset_breakers",
     "select_breaker",
 ]
 
@@ -323,7 +324,7 @@ class Active:
     """
 
     __slots__ = ("manager", "registry", "default_config", "sections", "default_section", "created", "prepare",
-                 "_select", "_classify", "_fallback", "_state_change")
+                 "_configured", "_select", "_classify", "_fallback", "_state_change")
 
     def __init__(self, manager: pluggy.PluginManager, registry: CircuitBreakerRegistry,
                  default_config: CircuitBreakerConfig, sections: Mapping[str, Mapping[str, Any]],
@@ -336,6 +337,8 @@ class Active:
         self.default_section = default_section
         self.created = [] if created is None else created
         self.prepare = prepare
+        # The names created so far are the configured breakers; routing appends the automatic ones.
+        self._configured = len(self.created)
         # Resolved once: the per-call helpers must not ask pluggy every time.
         self._select = _impls(manager, "otel_cb_select_breaker")
         self._classify = _impls(manager, "otel_cb_classify")
@@ -380,6 +383,37 @@ def deactivate() -> None:
         _observers.remove_observer(_active)
     _active = None
     _routes = {}
+
+
+def reset_breakers() -> None:
+    """Give every test the breakers a process has right after ``instrument()`` (the pytest plugin's job).
+
+    Automatic breakers (those routing made since ``instrument()``) are
+    forgotten: removed from the registry and from the route memo, so the next
+    call to a destination makes a new breaker with empty counters. Every other
+    breaker in the registry (configured, registered by a plugin or by hand) is
+    reset in place if it left the closed state or holds calls in its window,
+    so references to it stay valid; its counters are kept. When ``defaults``
+    shares state, automatic breakers are reset in place too: their state
+    lives in the shared store, which only a reset tells. Does nothing while
+    not instrumented.
+    """
+    from ._state import CircuitState
+
+    global _routes
+    state = _active
+    if state is None:
+        return
+    if state.default_section.get("shared_state") is None:
+        dropped = state.created[state._configured:]
+        del state.created[state._configured:state._configured + len(dropped)]
+        _routes = {}
+        for name in dropped:
+            state.registry.remove(name)
+    for breaker in state.registry:
+        snapshot = breaker.snapshot()
+        if snapshot.state is not CircuitState.CLOSED or snapshot.buffered_calls or snapshot.consecutive_failures:
+            breaker.reset()
 
 
 def select_breaker(call: Call) -> CircuitBreaker | None:

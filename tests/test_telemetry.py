@@ -650,7 +650,7 @@ def test_a_broken_collection_costs_only_otel_cbs_metrics(
 ) -> None:
     from otel_cb.telemetry import _metrics
 
-    def broken() -> None:
+    def broken(source: _metrics.Source) -> None:
         raise RuntimeError("bug")
 
     name = unique("broken")

@@ -36,7 +36,7 @@ PARENT = textwrap.dedent("""
     import atexit, faulthandler, json, os, signal, sys, threading, time
     import otel_cb, otel_cb.telemetry as telemetry
     from opentelemetry import trace
-    from otel_cb.telemetry import _metrics
+    from otel_cb.telemetry import _core, _metrics
 
     telemetry.configure()
     tracer = trace.get_tracer("fork_test")
@@ -66,7 +66,7 @@ PARENT = textwrap.dedent("""
 
     def collecting():
         while not stop.is_set():
-            _metrics.collect()
+            _metrics.collect(_core.telemetry)
 
     threads = [threading.Thread(target=busy, args=(b,), daemon=True) for b in breakers]
     threads.append(threading.Thread(target=collecting, daemon=True))
@@ -85,7 +85,7 @@ PARENT = textwrap.dedent("""
                     faulthandler.dump_traceback_later(HANG_AFTER, exit=True, file=out)
                     for breaker in breakers:
                         exercise(breaker)
-                    _metrics.collect()
+                    _metrics.collect(_core.telemetry)
                     atexit._run_exitfuncs()
                     faulthandler.cancel_dump_traceback_later()
             except BaseException:

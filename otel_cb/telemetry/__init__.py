@@ -34,23 +34,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._core import (
-    ATTR_NAME,
-    ATTR_OUTCOME,
-    ATTR_PREVIOUS_STATE,
-    ATTR_REASON,
-    ATTR_RETRY_AFTER,
-    ATTR_STATE,
-    annotate_current_span,
-    disable,
-    enable,
-    enable_by_default,
-    is_enabled,
-)
+from ._core import add_duration_histogram, annotate_current_span, disable, enable, enable_by_default, is_enabled
+from ._names import ATTR_NAME, ATTR_OUTCOME, ATTR_PREVIOUS_STATE, ATTR_REASON, ATTR_RETRY_AFTER, ATTR_STATE
 
 if TYPE_CHECKING:
     from ._configure import TelemetrySetup, configure
-    from ._metrics import add_duration_histogram
 
 __all__ = [
     "ATTR_NAME",
@@ -69,8 +57,8 @@ __all__ = [
 ]
 
 # These need the OpenTelemetry SDK; integrations that only annotate spans
-# import this package without loading it.
-_LAZY = {"configure": "_configure", "TelemetrySetup": "_configure", "add_duration_histogram": "_metrics"}
+# import this package without loading it (add_duration_histogram loads it when called).
+_LAZY = {"configure": "_configure", "TelemetrySetup": "_configure"}
 
 # Importing the package means telemetry is wanted: on now, not at the first breaker.
 enable_by_default()

@@ -50,8 +50,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from ._core import enable_by_default
-from ._metrics import add_duration_histogram
+from ._core import add_duration_histogram, enable_by_default
 
 __all__ = ["EXIT_BUDGET", "TelemetrySetup", "configure", "describe_destinations"]
 

@@ -15,7 +15,11 @@ collection, so ``hook()`` extends that step of one reader. The readers of
 the global meter provider are hooked from inside their own first collection
 (``_core``'s observable gauge calls ``hook_global_readers``), so an
 application's own providers get otel-cb's metrics without any call;
-``add_duration_histogram`` hooks any other reader.
+``_core.add_duration_histogram`` hooks any other reader.
+
+``_core`` imports this module (lazily: this one needs the SDK, ``_core`` must
+not), so this one does not import ``_core``: ``_core`` hands in its observer
+as the ``Source`` a collection reads, and the names both use come from ``_names``.
 
 Names, units and attributes are a contract (the README lists them); every
 metric is cumulative whatever temporality the reader prefers, and views do
@@ -29,7 +33,7 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -48,22 +52,12 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .._breaker import BreakerSnapshot
+from .._breaker import BreakerSnapshot, CircuitBreaker
 from .._state import CircuitState
 from .._version import __version__
-from ._core import (
-    ATTR_NAME,
-    ATTR_OUTCOME,
-    ATTR_PREVIOUS_STATE,
-    ATTR_REASON,
-    ATTR_STATE,
-    COLLECTION_HOOK,
-    SCOPE,
-    live_breakers,
-    telemetry,
-)
+from ._names import ATTR_NAME, ATTR_OUTCOME, ATTR_PREVIOUS_STATE, ATTR_REASON, ATTR_STATE, COLLECTION_HOOK, SCOPE
 
-__all__ = ["DURATION_METRIC", "METRICS", "add_duration_histogram", "collect", "hook", "hook_global_readers"]
+__all__ = ["DURATION_METRIC", "METRICS", "Source", "collect", "hook", "hook_global_readers"]
 
 DURATION_METRIC = "circuit_breaker.call.duration"
 logger = logging.getLogger("otel_cb")
@@ -91,6 +85,22 @@ METRICS: dict[str, tuple[str, str, str]] = {
     DURATION_METRIC: ("histogram", "s",
                       "Duration of calls through the breaker, by outcome (success, failure, ignored)"),
 }
+
+
+
+class Source(Protocol):
+    """What a collection reads from the telemetry observer (``_core.telemetry`` is the one)."""
+
+    @property
+    def enabled(self) -> bool:
+        """False while telemetry is disabled: a collection then reports nothing."""
+
+    def transitions(self) -> list[tuple[CircuitBreaker, dict[tuple[str, str, str], int]]]:
+        """(breaker, {(previous, state, reason): count}) for every breaker that changed state."""
+
+    def live_breakers(self) -> list[CircuitBreaker]:
+        """Every breaker alive in the process."""
+
 
 _new = object.__new__
 # The number metrics, in the order of a breaker's flat value list (see _values).
@@ -153,21 +163,21 @@ class _Collector:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
-    def collect(self) -> list[Metric]:
+    def collect(self, source: Source) -> list[Metric]:
         with self._lock:
-            return self._collect()
+            return self._collect(source)
 
-    def _collect(self) -> list[Metric]:
+    def _collect(self, source: Source) -> list[Metric]:
         now = time.time_ns()
         rows = []
-        for breaker in live_breakers():
+        for breaker in source.live_breakers():
             shared = breaker.shared_state
             rows.append((breaker.snapshot(), None if shared is None else int(bool(getattr(shared, "running_locally",
                                                                                            False)))))
         if len({snap.name for snap, _ in rows}) != len(rows):
             rows = _merge_names(rows)
         moves: dict[str, dict[tuple[str, str, str], int]] = {}
-        for breaker, counts in telemetry.transitions():
+        for breaker, counts in source.transitions():
             mine = moves.setdefault(breaker.name, {})
             for key, count in counts.items():
                 mine[key] = mine.get(key, 0) + count
@@ -281,21 +291,21 @@ _failed = False
 os.register_at_fork(after_in_child=_collector._after_fork)
 
 
-def collect() -> list[Metric]:
-    """Every breaker's metrics now (empty while telemetry is disabled)."""
-    if not telemetry.enabled:
+def collect(source: Source) -> list[Metric]:
+    """Every breaker of ``source``'s metrics now (empty while ``source`` is disabled)."""
+    if not source.enabled:
         return []
-    return _collector.collect()
+    return _collector.collect(source)
 
 
-def hook(reader: MetricReader) -> MetricReader:
-    """Make ``reader`` receive otel-cb's metrics with every collection (idempotent)."""
+def hook(reader: MetricReader, source: Source) -> MetricReader:
+    """Make ``reader`` receive ``source``'s metrics with every collection (idempotent)."""
     receive = reader._receive_metrics
     if getattr(receive, _MARK, False):
         return reader
 
     def receive_with_breakers(metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
-        metrics_data = _extend(metrics_data)
+        metrics_data = _extend(metrics_data, source)
         # Only the hook's point, and no breaker: nothing to export, as the SDK does when it has no data.
         if any(rm.scope_metrics for rm in metrics_data.resource_metrics):
             receive(metrics_data, timeout_millis=timeout_millis, **kwargs)
@@ -306,46 +316,24 @@ def hook(reader: MetricReader) -> MetricReader:
     return reader
 
 
-def hook_global_readers() -> None:
-    """Hook every reader of the global SDK meter provider (called while one of them collects)."""
+def hook_global_readers(source: Source) -> None:
+    """Hook every reader of the global SDK meter provider to ``source`` (called while one of them collects)."""
     provider = metrics.get_meter_provider()
     consumer = getattr(provider, "_measurement_consumer", None)
     if consumer is None:
         return
     for reader in list(MeterProvider._all_metric_readers):
         if getattr(getattr(reader, "_collect", None), "__self__", None) is consumer:
-            hook(reader)
+            hook(reader, source)
 
 
-def add_duration_histogram(reader: MetricReader) -> MetricReader:
-    """Make ``reader`` export otel-cb's metrics, ``circuit_breaker.call.duration`` included.
-
-    The readers of the global meter provider need no call: they are found at
-    their first collection. Call this for a reader of a provider you did not
-    make global. It turns on duration buckets in every breaker (about a tenth
-    of a microsecond per call, the only per-call cost of telemetry).
-    Idempotent; nothing is exported while telemetry is disabled.
-
-    Args:
-        reader: Any SDK metric reader (``PeriodicExportingMetricReader``,
-            ``PrometheusMetricReader``, ``InMemoryMetricReader``), before or
-            after it is given to a ``MeterProvider``.
-
-    Returns:
-        The same reader, so it can wrap the reader's construction in one line.
-    """
-    hook(reader)
-    telemetry.enable_histograms()
-    return reader
-
-
-def _extend(metrics_data: MetricsData) -> MetricsData:
+def _extend(metrics_data: MetricsData, source: Source) -> MetricsData:
     """The collection with the hook's point swapped for every breaker's metrics."""
     global _failed
     if not metrics_data.resource_metrics:
         return metrics_data
     try:
-        found = collect()
+        found = collect(source)
     except Exception:
         # A bug here must cost otel-cb's metrics, never the application's.
         found = []
