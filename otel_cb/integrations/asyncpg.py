@@ -81,6 +81,11 @@ are ignored (neither failure nor success):
   violation, data errors, serialization failures), asyncpg's
   ``InterfaceError`` (misuse), bad arguments. Cancellation is no verdict.
 
+Health check: a breaker a connect or pool start-up is routed to gets
+``SELECT 1`` on a fresh connection made with the same arguments, within its
+``health_check_timeout`` (``otel_cb.integrations._asyncpg_health``); a check
+of your own wins.
+
 Configuration, per breaker section of the config file::
 
     circuit_breakers:
