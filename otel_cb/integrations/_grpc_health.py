@@ -22,6 +22,7 @@ neither counts them nor refuses them while the breaker is open.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,7 +47,9 @@ def ask_health(target: str, service: str, timeout: float, mark: Mark) -> Answer:
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
     token = mark.set(True)
-    channel = grpc.insecure_channel(target)
+    # Below any wrapper of insecure_channel (OpenTelemetry's): a check is not the application's RPC,
+    # and a span every health_check_interval would only crowd its traces.
+    channel = inspect.unwrap(grpc.insecure_channel)(target)
     try:
         response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                               timeout=timeout)
