@@ -23,7 +23,6 @@ Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -229,8 +228,9 @@ def parse_items(where: str, value: object, parse_item: Callable[[object], Iterab
 
 
 # The breakers an integration was already asked about: each is offered a default check once.
+# No lock (nothing a forked child could inherit held): two threads routing the first calls of
+# one breaker at once may both run ``make``; only one check is attached.
 _offered: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-_offered_lock = threading.Lock()
 
 
 def attach_default_health_check(breaker: CircuitBreaker, make: Callable[[], HealthCheck | None]) -> None:
@@ -250,13 +250,10 @@ def attach_default_health_check(breaker: CircuitBreaker, make: Callable[[], Heal
     """
     if breaker.health_check is not None or breaker in _offered:
         return
-    with _offered_lock:
-        if breaker in _offered:
-            return
-        try:
-            _offered.add(breaker)
-        except TypeError:  # a breaker that cannot be weakly referenced gets no default check
-            return
+    try:
+        _offered.add(breaker)
+    except TypeError:  # a breaker that cannot be weakly referenced gets no default check
+        return
     try:
         check = make()
         if check is not None and breaker.health_check is None:
