@@ -15,6 +15,8 @@ asks ``select_breaker`` for its breaker, takes a permit, and then uses these:
   importing telemetry only when first used;
 - ``parse_items``: a list setting (status codes, SQLSTATEs...) checked item
   by item, with the error every integration words the same way;
+- ``attach_default_health_check``: the integration's own health check for a
+  breaker it routes to, attached once unless the breaker already has one;
 
 Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 """
@@ -30,9 +32,10 @@ from ._plugins import breaker_settings, classify, fallback, log_once
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._health import HealthCheck
     from ._state import CircuitState, Verdict
 
-__all__ = ["ExceptionRule", "annotate_span", "classify_exception", "parse_items",
+__all__ = ["ExceptionRule", "annotate_span", "attach_default_health_check", "classify_exception", "parse_items",
            "section_settings", "serve_fallback"]
 
 T = TypeVar("T")
@@ -222,3 +225,39 @@ def parse_items(where: str, value: object, parse_item: Callable[[object], Iterab
             raise ValueError(f"{where}: {item!r} is not allowed; use {allowed}")
         parsed.update(values)
     return frozenset(parsed)
+
+
+# The breakers an integration was already asked about: each is offered a default check once.
+# No lock (nothing a forked child could inherit held): two threads routing the first calls of
+# one breaker at once may both run ``make``; only one check is attached.
+_offered: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+def attach_default_health_check(breaker: CircuitBreaker, make: Callable[[], HealthCheck | None]) -> None:
+    """Attach ``make()``, an integration's default health check, to ``breaker`` unless it has a check.
+
+    Call it each time the integration routes a call to ``breaker``: only the
+    first call for a breaker without a check runs ``make`` (cheap after
+    that), so a user's own check (``health_check=``, ``attach_health_check``)
+    always wins, before or after, and a check the user detached stays
+    detached. ``make`` returns None when the integration has no check for
+    this breaker (nothing configured). A ``make`` that raises is logged once
+    and the breaker keeps timed probing.
+
+    Args:
+        breaker: The breaker a call was routed to.
+        make: Builds the check (it should not do I/O: the check does, later).
+    """
+    if breaker.health_check is not None or breaker in _offered:
+        return
+    try:
+        _offered.add(breaker)
+    except TypeError:  # a breaker that cannot be weakly referenced gets no default check
+        return
+    try:
+        check = make()
+        if check is not None and breaker.health_check is None:
+            breaker.attach_health_check(check)
+    except Exception:
+        log_once(("default-health-check", getattr(make, "__qualname__", "?")), "otel-cb: building the default "
+                 "health check of circuit breaker %r failed; it probes with user calls", breaker.name, exc_info=True)

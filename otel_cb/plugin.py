@@ -31,6 +31,9 @@ module of otel-cb; a test enforces it for ours):
 - ``destination_name(call)`` is the automatic breaker name of a call's
   destination; ``parse_duration(field, value)`` reads ``"5m"``-style settings
   and ``parse_items(field, value, parse_item, allowed)`` list settings;
+- ``attach_default_health_check(breaker, make)`` gives a breaker the
+  integration's own health check the first time a call is routed to it,
+  unless it has one (the user's check always wins);
 - ``log_once(key, message, ...)`` reports a contained fault once;
   ``breaker.shared_state`` is the breaker's shared-state backend, if any.
 
@@ -50,6 +53,7 @@ from ._config import parse_duration
 from ._kit import (
     ExceptionRule,
     annotate_span,
+    attach_default_health_check,
     classify_exception,
     parse_items,
     section_settings,
@@ -72,6 +76,7 @@ __all__ = [
     "Verdict",
     "Wrapper",
     "annotate_span",
+    "attach_default_health_check",
     "breaker_settings",
     "classify",
     "classify_exception",

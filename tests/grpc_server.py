@@ -28,6 +28,11 @@ Test modules get the fixtures ``pb`` (the stubs) and ``server`` (one server per
 module, back to ``healthy`` with its counts cleared for every test) by
 importing ``pb_fixture``, ``server_fixture`` and ``module_server_fixture``.
 
+``FaultServer(health=...)`` also serves ``grpc.health.v1.Health``: ``True`` for both
+services, or the set of service names it knows (others answer ``NOT_FOUND``).
+``Check`` answers ``SERVING`` in ``healthy`` mode, else ``NOT_SERVING``, and
+is counted in ``server.health_checks``, not in ``server.calls``.
+
 ``server.stop()`` stops the server, so the port refuses connections.
 ``server.calls`` counts the calls that reached a handler, per method name
 (``server.total`` sums them): that is how tests prove a rejected call never
@@ -50,6 +55,7 @@ import pytest
 __all__ = ["MODES", "FaultServer", "module_server_fixture", "pb_fixture", "server_fixture", "stubs"]
 
 MODES = ("healthy", "unavailable", "invalid", "slow", "abort_mid_stream")
+SERVICES = ("llm.shield.v1.ShieldService", "llm.edge.v1.EdgeAgentService")
 PROTOS = Path(__file__).resolve().parent / "protos"
 GENERATED = Path(__file__).resolve().parent / "_generated"
 _lock = threading.Lock()
@@ -76,8 +82,12 @@ class FaultServer:
     ``"127.0.0.1:<port>"``, usable as a channel target.
     """
 
-    def __init__(self, *, mode: str = "healthy", delay: float = 2.0, secure: bool = False) -> None:
+    def __init__(self, *, mode: str = "healthy", delay: float = 2.0, secure: bool = False,
+                 health: bool | set[str] = False) -> None:
         self.mode = mode
+        self.health: set[str] | None = None if health is False else (
+            set(SERVICES) if health is True else set(health))
+        self.health_checks = 0
         self.delay = delay
         self.secure = secure
         self.pushback_ms: int | None = None  # sent as grpc-retry-pushback-ms with injected errors
@@ -100,6 +110,10 @@ class FaultServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb.shield_pb2_grpc.add_ShieldServiceServicer_to_server(_Shield(self), server)
         pb.edge_pb2_grpc.add_EdgeAgentServiceServicer_to_server(_Edge(self), server)
+        if self.health is not None:
+            from grpc_health.v1 import health_pb2_grpc
+
+            health_pb2_grpc.add_HealthServicer_to_server(_health_servicer(self), server)
         if self.secure:  # local credentials: a secure channel without certificates, loopback only
             credentials = grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
             self.port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
@@ -144,6 +158,31 @@ class FaultServer:
             done.wait(self.delay)
         if mode == "abort_mid_stream" and not streaming:
             context.abort(grpc.StatusCode.UNAVAILABLE, "fault injected: aborted")
+
+
+def _health_servicer(owner: FaultServer) -> Any:
+    from grpc_health.v1 import health_pb2_grpc
+
+    class Health(_Health, health_pb2_grpc.HealthServicer):  # List and Watch: UNIMPLEMENTED
+        pass
+
+    return Health(owner)
+
+
+class _Health:
+    def __init__(self, owner: FaultServer) -> None:
+        self.owner = owner
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from grpc_health.v1 import health_pb2
+
+        with self.owner._count_lock:
+            self.owner.health_checks += 1
+        if request.service and request.service not in (self.owner.health or ()):
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        serving = self.owner.mode == "healthy"
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 class _Shield:

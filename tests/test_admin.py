@@ -106,6 +106,52 @@ def test_errors_are_json_naming_what_was_wrong(endpoint: AdminServer) -> None:
     assert status == 409 and "no shared state" in answer["error"]
 
 
+def test_check_health_runs_the_attached_check_and_listing_shows_its_results(
+        endpoint: AdminServer, breakers: list[otel_cb.CircuitBreaker], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    breaker = breakers[0]
+    healthy = [False]
+    breaker.attach_health_check(lambda: healthy[0])
+    breaker.force_open()
+    breaker.reset()
+    for _ in range(breaker.config.failure_threshold):
+        breaker.call(lambda: None)
+    status, answer = call(endpoint, "POST", f"{API}/admin-payments/check-health")
+    assert (status, answer) == (200, {"name": "admin-payments", "passed": False, "state": "closed"})
+    healthy[0] = True
+    assert call(endpoint, "POST", f"{API}/admin-payments/check-health")[1]["passed"] is True
+    item = call(endpoint, "GET", f"{API}/admin-payments")[1]
+    assert item["health_check"] == {"attached": True, "last_passed": True, "passed": 1, "failed": 1}
+    monkeypatch.setenv("OTEL_CB_ADMIN_ADDRESS", str(endpoint.address))
+    monkeypatch.setenv("OTEL_CB_ADMIN_TOKEN", TOKEN)
+    capsys.readouterr()
+    assert main(["check", "admin-payments"]) == 0
+    assert "health check passed, now closed" in capsys.readouterr().out
+    healthy[0] = False
+    assert main(["check", "admin-payments"]) == 1
+    assert "health check failed" in capsys.readouterr().out
+
+
+def test_check_health_of_a_coroutine_check_stays_off_the_callers_loop(
+        endpoint: AdminServer, breakers: list[otel_cb.CircuitBreaker]) -> None:
+    import asyncio
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def check() -> bool:
+        loops.append(asyncio.get_running_loop())
+        return True
+
+    async def main() -> tuple[asyncio.AbstractEventLoop, tuple[int, dict[str, object]]]:
+        breakers[0].attach_health_check(check)
+        answer = await asyncio.to_thread(call, endpoint, "POST", f"{API}/admin-payments/check-health")
+        return asyncio.get_running_loop(), answer
+
+    caller, (status, answer) = asyncio.run(main())
+    assert (status, answer["passed"]) == (200, True)
+    assert loops and loops[0] is not caller
+
+
 def test_answers_never_echo_paths_queries_or_credentials(endpoint: AdminServer) -> None:
     for path in ("/internal/secret?password=hunter2", f"{API}/x/y/z?token=hunter2", "/v1/circuit-breakers/"
                  "user:hunter2@host/reset"):

@@ -29,7 +29,8 @@ OPEN_TIMEOUT = 10.0
 
 def config(**overrides: object) -> CircuitBreakerConfig:
     values: dict[str, object] = {"failure_threshold": 3, "minimum_calls": 100, "open_timeout": OPEN_TIMEOUT,
-                                 "half_open_max_calls": 1, "success_threshold": 1, "slow_call_duration": None}
+                                 "half_open_max_calls": 1, "success_threshold": 1, "slow_call_duration": None,
+                                 "health_check_interval": None}  # the tests run the checks themselves
     values.update(overrides)
     return CircuitBreakerConfig(**values)  # type: ignore[arg-type]
 
@@ -61,6 +62,10 @@ async def probe_and_close(pool: ResilientPool, clock: FakeClock) -> None:
     breaker = pool.circuit_breaker
     assert breaker.state is CircuitState.OPEN
     clock.advance(OPEN_TIMEOUT + 0.1)
+    # The pool's default health check (SELECT 1 on a fresh connection), not a user call, finds the recovery.
+    for _ in range(breaker.config.healthy_threshold):
+        assert await breaker.check_health_async()
+    assert breaker.state is CircuitState.HALF_OPEN
     assert await pool.fetchval("SELECT 42") == 42  # the probe
     assert breaker.state is CircuitState.CLOSED
     assert [await pool.fetchval("SELECT $1::int", n) for n in range(3)] == [0, 1, 2]

@@ -45,9 +45,11 @@ TRANSITION = re.compile(r"^\[ *[\d.]+s\] (\w+): (\w+) -> (\w+) \((\w+)\)$")
 
 
 def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
-    # Short open timeouts, so that a few seconds of recovery close every breaker again.
+    # Frequent health checks, so that a few seconds of recovery close every breaker again; a
+    # max_open_timeout above the outage, so no breaker falls back to probing with user calls.
     (tmp_path / "otel-cb.yaml").write_text("circuit_breakers:\n" + "".join(
-        f"  {name}: {{open_timeout: 1s, max_open_timeout: 2s}}\n" for name in BREAKERS))
+        f"  {name}: {{open_timeout: 1s, max_open_timeout: 10s, health_check_interval: 0.2s}}\n"
+        for name in BREAKERS))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
            **extra}
     for name in ("OTEL_CB_DISABLED", "DATABASE_URL"):
@@ -133,6 +135,25 @@ def test_each_transition_is_printed_once_and_matches_the_exported_count(
     # Not also as the otel_cb logger's line.
     assert "circuit breaker '" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_every_breaker_recovers_by_its_health_check_without_a_failed_user_probe(
+        demo_run: tuple[subprocess.CompletedProcess[str], Received]) -> None:
+    """Each server implements its breaker's health check: the checks, not user calls, find the recovery.
+
+    A failed user probe is a ``half_open -> open`` transition (the only way back
+    to open from half-open); ``open -> half_open (health_check_passed)`` is a
+    recovery the health check found.
+    """
+    result, _ = demo_run
+    transitions = [TRANSITION.match(line) for line in result.stdout.splitlines()]
+    seen = [match.groups() for match in transitions if match]
+    for name in BREAKERS:
+        mine = [(previous, state, reason) for breaker, previous, state, reason in seen if breaker == name]
+        assert ("open", "half_open", "health_check_passed") in mine, (name, mine)
+        assert not [t for t in mine if t[:2] == ("half_open", "open")], (name, mine)
+        assert not [t for t in mine if t[:2] == ("open", "half_open") and t[2] != "health_check_passed"], \
+            (name, mine)
 
 
 def test_the_summary_is_one_block_and_says_what_each_column_counts(

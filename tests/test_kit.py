@@ -347,3 +347,44 @@ def test_config_check_rejects_a_malformed_integration_section(tmp_path: Path) ->
     assert result.returncode == 2, result
     assert "circuit_breakers.catalog.fallback: {'type': {'x': 1}} is not allowed" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- attach_default_health_check -----------------------------------------------------
+
+
+def test_a_default_health_check_is_made_once_per_breaker_and_never_replaces_the_users(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    from otel_cb.plugin import attach_default_health_check
+
+    made: list[str] = []
+
+    def default() -> bool:
+        return True
+
+    def make() -> Any:
+        made.append("made")
+        return default
+
+    plain = CircuitBreaker("kit-default", CircuitBreakerConfig(), clock=clock)
+    for _ in range(3):
+        attach_default_health_check(plain, make)
+    assert made == ["made"] and plain.health_check is default
+    plain.attach_health_check(None)  # detached by the user: stays detached
+    attach_default_health_check(plain, make)
+    assert made == ["made"] and plain.health_check is None
+
+    def mine() -> bool:
+        return False
+
+    own = CircuitBreaker("kit-own", CircuitBreakerConfig(), clock=clock, health_check=mine)
+    attach_default_health_check(own, make)
+    assert made == ["made"] and own.health_check is mine
+
+    def broken() -> Any:
+        raise RuntimeError("no")
+
+    other = CircuitBreaker("kit-broken", CircuitBreakerConfig(), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="otel_cb"):
+        attach_default_health_check(other, broken)
+    assert other.health_check is None
+    assert any("default health check of circuit breaker 'kit-broken'" in r.getMessage() for r in caplog.records)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import otel_cb
-from otel_cb import CircuitBreakerConfig, CircuitOpenError, CircuitState, registry
+from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, registry
 from otel_cb.plugin import Call, hookimpl, select_breaker
 
 pytest.importorskip("otel_cb_services", reason="the service plugins are not installed (pip install -e plugins)")
@@ -30,8 +30,18 @@ from otel_cb_services.protos import edge_pb2, shield_pb2
 from .postgres import postgres_cluster, postgres_dsn  # noqa: F401  (fixtures)
 
 BREAKERS = ("sentinel_client", "shield_client", "edge_agent_client", "database_pool")
-FAST = {"circuit_breakers": {name: {"open_timeout": "200ms"} for name in BREAKERS}}
+# No background health checks: each test runs them when it says so.
+FAST = {"circuit_breakers": {name: {"open_timeout": "200ms", "health_check_interval": None} for name in BREAKERS}}
 BIN = Path(sys.executable).parent
+
+
+async def attached(breaker: CircuitBreaker) -> bool:
+    """The gRPC default check is attached once its first Check answered, off the caller's thread."""
+    for _ in range(250):
+        if breaker.health_check is not None:
+            return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 @pytest.fixture
@@ -105,8 +115,14 @@ def test_sentinel_serves_the_last_good_alerts_while_open_and_never_replays_analy
             with pytest.raises(CircuitOpenError):
                 await client.analyze(good.alerts[0])
             assert services.sentinel_requests == served  # neither reached Sentinel
+            await asyncio.sleep(0.25)  # past the open timeout: still no user probe while /healthz fails
+            assert await client.circuit_breaker.check_health_async() is False
+            assert (await client.fetch_alerts(limit=3)).stale
             services.script.hold("healthy")
-            await asyncio.sleep(0.25)
+            assert await client.circuit_breaker.check_health_async() is True
+            assert await client.circuit_breaker.check_health_async() is True  # healthy_threshold
+            assert client.circuit_state is CircuitState.HALF_OPEN
+            assert services.sentinel_requests == served  # /healthz is not a user request
             for _ in range(3):  # the default preset's 3 probe successes
                 assert not (await client.fetch_alerts(limit=3)).stale
             assert client.is_healthy
@@ -143,6 +159,11 @@ def test_shield_fails_closed_even_when_another_plugin_offers_a_verdict(services:
                 await client.analyze_security_event("e3", "hello")
             assert isinstance(info.value.__cause__, CircuitOpenError)
             assert info.value.scanned is False
+            breaker = client.circuit_breaker
+            assert await attached(breaker)  # Shield serves grpc.health.v1.Health
+            assert await breaker.check_health_async() is False  # NOT_SERVING in the outage
+            services.script.hold("healthy")
+            assert await breaker.check_health_async() is True
             # Served to the client as a refusal, never counted as a successful fallback.
             fallbacks = client.circuit_breaker.snapshot().fallbacks
             assert fallbacks["success"] == 0 and fallbacks["refused"] >= 1
@@ -172,6 +193,13 @@ def test_edge_agent_protects_each_inference_stream(services: Services) -> None:
             assert client.circuit_state is CircuitState.OPEN
             with pytest.raises(CircuitOpenError):
                 [chunk async for chunk in client.stream_inference(requests())]
+            breaker = client.circuit_breaker
+            assert await attached(breaker)  # EdgeAgent serves grpc.health.v1.Health
+            assert await breaker.check_health_async() is False
+            services.script.hold("healthy")
+            assert await breaker.check_health_async() is True
+            assert await breaker.check_health_async() is True
+            assert client.circuit_state is CircuitState.HALF_OPEN
         finally:
             await client.aclose()
 
@@ -196,3 +224,4 @@ def test_db_routes_the_database_of_database_url(services: Services, postgres_dsn
     database = registry.get("database_pool")
     assert database is not None
     assert database.snapshot().calls["success"] >= 2  # connect and the query
+    assert database.health_check is not None and database.check_health() is True  # SELECT 1

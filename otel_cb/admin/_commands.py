@@ -3,9 +3,10 @@
 They are clients of a process's admin endpoint (``otel_cb.admin``), found at
 ``--address`` or ``OTEL_CB_ADMIN_ADDRESS``; the token comes from
 ``OTEL_CB_ADMIN_TOKEN`` or ``--token-file`` (never from the command line,
-where other users could read it). Exit codes: 0 done, 1 refused by the
-process (unknown breaker, wrong token, no health check...), 2 usage error or
-endpoint unreachable. ``top`` draws with ``rich``, imported only there.
+where other users could read it). Exit codes: 0 done (``check``: the health
+check passed), 1 refused by the process (unknown breaker, wrong token, no
+health check...) or a failed health check, 2 usage error or endpoint
+unreachable. ``top`` draws with ``rich``, imported only there.
 """
 
 from __future__ import annotations
@@ -183,6 +184,11 @@ def _act(address: Address, token: str | None, command: str, name: str, fleet: bo
     status, answer = request(address, "POST", f"{PREFIX}/{quote(name, safe='')}/{action}", token=token, body=body)
     if status != 200:
         return _refused(status, answer)
+    if command == "check":
+        passed = bool(answer.get("passed"))
+        print(f"{answer.get('name', name)}: health check {'passed' if passed else 'failed'}, "
+              f"now {answer.get('state', '?')}")
+        return EXIT_OK if passed else EXIT_REFUSED
     where = "every process" if answer.get("fleet") else "this process"
     print(f"{answer.get('name', name)}: {answer.get('state', '?')} ({action}, {where})")
     return EXIT_OK

@@ -3,7 +3,8 @@
 This module owns the listening socket, its accept thread, the bounded set of
 request threads, authentication, rate limiting and the JSON of the API. What
 an action does to a breaker is the breaker's business (``force_open()``,
-``disable()``, ``reset()``) or, fleet-wide, ``otel_cb.shared.fleet_action``.
+``disable()``, ``reset()``, ``check_health()``) or, fleet-wide,
+``otel_cb.shared.fleet_action``.
 
 It uses the standard library only (``http.server`` / ``socketserver``) and
 never touches an event loop of the application: every request runs in a
@@ -79,6 +80,12 @@ class _Transitions:
         self.items.append({"time": round(time.time(), 3), "name": event.name, "from": event.previous_state.value,
                            "to": event.state.value, "reason": event.reason.value})
 
+    def health_checked(self, breaker: CircuitBreaker, passed: bool) -> None:
+        try:
+            _last_checks[breaker] = passed
+        except TypeError:  # a breaker that cannot be weakly referenced: no last result shown
+            pass
+
 
 class _Refused(Exception):
     """An answer other than 200: status code, message and extra headers."""
@@ -117,8 +124,21 @@ def describe(breaker: CircuitBreaker) -> dict[str, Any]:
         "fallbacks": dict(snap.fallbacks),
         "time_in_state": {state.value: round(seconds, 3) for state, seconds in snap.time_in_state.items()},
         "shared_state": shared,
-        "health_check": None,
+        "health_check": _health_of(breaker, snap.health_checks),
     }
+
+
+# The last health check result per breaker, kept by the endpoint's observer
+# (the breaker counts passes and failures, not which came last).
+_last_checks: weakref.WeakKeyDictionary[CircuitBreaker, bool] = weakref.WeakKeyDictionary()
+
+
+def _health_of(breaker: CircuitBreaker, counts: Mapping[str, int]) -> dict[str, Any] | None:
+    """``health_check`` of a listed breaker: None without a check, else its last result and counts."""
+    if breaker.health_check is None:
+        return None
+    return {"attached": True, "last_passed": _last_checks.get(breaker),
+            "passed": int(counts.get("passed", 0)), "failed": int(counts.get("failed", 0))}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -284,9 +304,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         where = "every process of the fleet" if fleet else "this process"
         peer = self._peer()
         if action == "check-health":
-            result = "refused: no health check attached"
-            logger.warning("otel-cb admin: %s of circuit breaker %r by %s: %s", action, breaker.name, peer, result)
-            raise _Refused(409, f"no health check is attached to circuit breaker {_shown(breaker.name)}")
+            return self._check_health(breaker, peer)
         try:
             if fleet:
                 from ..shared import fleet_action
@@ -310,6 +328,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         logger.warning("otel-cb admin: %s of circuit breaker %r (%s) by %s: done, now %s",
                        action, breaker.name, where, peer, state)
         return 200, {"name": breaker.name, "action": action, "fleet": fleet, "state": state}
+
+    def _check_health(self, breaker: CircuitBreaker, peer: str) -> tuple[int, dict[str, Any]]:
+        """Run the breaker's check in this request thread: a coroutine check runs on the health
+        monitor's loop, never the application's; either way bounded by ``health_check_timeout``."""
+        try:
+            passed = breaker.check_health()
+        except ValueError:  # detached since the request came in, or never attached
+            logger.warning("otel-cb admin: check-health of circuit breaker %r by %s: refused: no health check "
+                           "attached", breaker.name, peer)
+            raise _Refused(409, f"no health check is attached to circuit breaker {_shown(breaker.name)}") from None
+        state = breaker.state.value
+        logger.warning("otel-cb admin: check-health of circuit breaker %r by %s: %s, now %s", breaker.name, peer,
+                       "passed" if passed else "failed", state)
+        return 200, {"name": breaker.name, "passed": passed, "state": state}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -30,6 +30,7 @@ from ..plugin import (
     select_breaker,
     serve_fallback,
 )
+from ._grpc_health import offer_health_check
 from ._grpc_policy import DEFAULT_FAILURE_CODE_NAMES, clean_target, parse_code_names, pushback
 
 __all__ = [
@@ -125,6 +126,7 @@ class Guard:
                 return None
             if breaker is None:
                 return None
+        offer_health_check(breaker, call, guarded)
         return breaker, call
 
     def admit(self, method: str | bytes, request: object) -> Admission | None:

@@ -4,8 +4,8 @@ Owns how an HTTP response counts (``judge_head``: the hooks, else
 ``status_verdict``: 429 and 5xx are failures, other statuses successes,
 unless ``failure_statuses`` says otherwise; ``retry_after_hint``: the
 ``Retry-After`` of a failing 429/503),
-the per-breaker HTTP settings (``failure_statuses``, ``fallback``), their
-validation, their per-breaker cache (``settings_of``), the stale-response
+the per-breaker HTTP settings (``failure_statuses``, ``fallback``,
+``health_check``), their validation, their per-breaker cache (``settings_of``), the stale-response
 cache and the order fallbacks are tried in (``serve_http_fallback``). The
 httpx and requests modules turn these plain values into their clients'
 requests and responses; a breaker both clients use has one set of settings
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
     "RETRY_AFTER_STATUSES",
+    "HTTPHealthCheck",
     "HTTPSettings",
     "judge_head",
     "serve_http_fallback",
@@ -49,6 +50,7 @@ __all__ = [
     "StaticResponse",
     "parse_failure_statuses",
     "parse_fallback",
+    "parse_health_check",
     "parse_retry_after",
     "parse_settings",
     "retry_after_hint",
@@ -257,6 +259,46 @@ class HTTPSettings:
 
     failure_statuses: frozenset[int] = DEFAULT_FAILURE_STATUSES
     fallback: StaleCache | StaticResponse | None = field(default=None, compare=False)
+    health_check: HTTPHealthCheck | None = None
+
+
+@dataclass(frozen=True)
+class HTTPHealthCheck:
+    """A breaker's ``health_check: {path: /healthz, expect: 2xx}``: GET ``path`` on the call's origin."""
+
+    path: str
+    expect: frozenset[int] = frozenset(range(200, 300))
+
+
+_HEALTH_KEYS = frozenset({"path", "expect"})
+_HEALTH_ALLOWED = "a mapping {path: /healthz, expect: 2xx}"
+_MAX_PATH = 2048
+
+
+def parse_health_check(where: str, value: object) -> HTTPHealthCheck:
+    """Parse a ``health_check`` mapping: ``path`` (required, from ``/``), ``expect`` (``2xx`` by default).
+
+    ``expect`` is a status class (``"2xx"``), a range (``"200-204"``), a code,
+    or a list of them.
+
+    Raises:
+        ValueError: naming the field, the bad value and what is allowed.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: {value!r} is not allowed; use {_HEALTH_ALLOWED}")
+    unknown = sorted(str(key) for key in set(value) - _HEALTH_KEYS)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: is not allowed; a health_check takes expect, path")
+    path = value.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or path.startswith("//") or len(path) > _MAX_PATH \
+            or not path.isprintable() or " " in path:
+        # The path is not repeated: it may carry a token in its query.
+        raise ValueError(f"{where}.path: is not allowed; use a path on the breaker's origin such as /healthz "
+                         f"(from '/', printable, at most {_MAX_PATH} characters)")
+    expect = value.get("expect", "2xx")
+    items = [expect] if isinstance(expect, (str, int)) else expect
+    return HTTPHealthCheck(path, parse_items(f"{where}.expect", items, _statuses,
+                                             "a status class ('2xx'), a range ('200-204'), a code, or a list"))
 
 
 def parse_settings(name: str, section: Mapping[str, Any], *,
@@ -269,7 +311,10 @@ def parse_settings(name: str, section: Mapping[str, Any], *,
     fallback = None
     if section.get("fallback") is not None:
         fallback = parse_fallback("fallback", section["fallback"], clock=clock)
-    return HTTPSettings(statuses, fallback)
+    health = None
+    if section.get("health_check") is not None:
+        health = parse_health_check("health_check", section["health_check"])
+    return HTTPSettings(statuses, fallback, health)
 
 
 _DEFAULT_SETTINGS = HTTPSettings()

@@ -27,6 +27,7 @@ from ..plugin import (
     log_once,
     select_breaker,
 )
+from ._http_health import offer_health_check
 from ._http_policy import (
     HTTPSettings,
     StaleCache,
@@ -160,6 +161,7 @@ class _Router:
                           "request goes out unprotected", type(breaker).__name__)
                 return None
             settings = settings_of(breaker)
+            offer_health_check(breaker, call, "httpx")
             if self._statuses is not None or self._fallback is not None:
                 settings = HTTPSettings(
                     settings.failure_statuses if self._statuses is None else self._statuses,

@@ -38,6 +38,7 @@ from ..plugin import (
     log_once,
     select_breaker,
 )
+from ._http_health import offer_health_check
 from ._http_policy import HTTPSettings, StaleCache, StaticResponse, judge_head, serve_http_fallback, settings_of
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
@@ -122,6 +123,7 @@ def _prepare(request: requests.PreparedRequest) -> _Exchange | None:
         breaker = select_breaker(call) if call is not None else None
         if call is None or breaker is None:
             return None
+        offer_health_check(breaker, call, "requests")
         return _Exchange(breaker, call, settings_of(breaker))
     except Exception:
         log_once(("requests", "prepare"), "otel-cb: choosing a breaker for a requests request failed; "

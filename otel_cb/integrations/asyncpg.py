@@ -81,6 +81,11 @@ are ignored (neither failure nor success):
   violation, data errors, serialization failures), asyncpg's
   ``InterfaceError`` (misuse), bad arguments. Cancellation is no verdict.
 
+Health check: a breaker a connect or pool start-up is routed to gets
+``SELECT 1`` on a fresh connection made with the same arguments, within its
+``health_check_timeout`` (``otel_cb.integrations._asyncpg_health``); a check
+of your own wins.
+
 Configuration, per breaker section of the config file::
 
     circuit_breakers:
@@ -143,6 +148,7 @@ from ..plugin import (
     select_breaker,
     serve_fallback,
 )
+from ._asyncpg_health import connect_arguments, offer_health_check
 from ._asyncpg_policy import (
     DEFAULT_FAILURE_SQLSTATES,
     FailureRules,
@@ -328,6 +334,8 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
             target = target_of(instance, args, kwargs)
             call = _call(target, method) if target is not None else None
             breaker = select_breaker(call) if call is not None else None
+            if breaker is not None and method == "connect":
+                offer_health_check(breaker, *connect_arguments(instance, args, kwargs))
         except Exception:
             # Never let our bookkeeping break the application's query.
             log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
@@ -457,6 +465,7 @@ class ResilientPool:
             breaker = select_breaker(call) or registry.get(destination_name(call)) or \
                 registry.get_or_create(destination_name(call), CircuitBreakerConfig.preset("database"))
         pool = asyncpg.create_pool(dsn, **pool_kwargs)
+        offer_health_check(breaker, *connect_arguments(pool, (), {}))
 
         async def start() -> asyncpg.Pool:
             return await pool

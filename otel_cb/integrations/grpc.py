@@ -91,6 +91,12 @@ target (``shield:50051``); calls no rule matches get one automatic breaker
 per channel target, named ``grpc://<target>``. ``failure_codes`` is a list of ``grpc.StatusCode``
 names. Hand-wired interceptors take ``failure_codes=`` too.
 
+Health check: a breaker the integration routes to gets the standard
+``grpc.health.v1.Health/Check`` for the routed service, on a fresh plaintext
+channel to the target, once a first check answers; a server without the
+Health service, or not knowing the service, or not reachable in plaintext
+(TLS), gets none, said once (``otel_cb.integrations._grpc_health``).
+
 With OpenTelemetry
 ------------------
 

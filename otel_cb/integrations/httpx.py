@@ -93,10 +93,14 @@ API
 - ``CircuitBreakerTransport`` / ``AsyncCircuitBreakerTransport``: the hand-wired transports.
 - ``HTTPCircuitOpenError``: what a refused request raises.
 - ``Selector``: the type of ``selector=``, ``(otel_cb.plugin.Call) -> CircuitBreaker | None``.
-- ``validate_settings(name, section)``: checks ``failure_statuses`` and ``fallback`` of a
-  config section, without importing httpx.
-- ``otel_cb_config_keys()``, ``otel_cb_patches()``: this plugin's hooks (its two
+- ``validate_settings(name, section)``: checks ``failure_statuses``, ``fallback`` and
+  ``health_check`` of a config section, without importing httpx.
+- ``otel_cb_config_keys()``, ``otel_cb_patches()``: this plugin's hooks (its three
   config keys; the two transport patches).
+
+A breaker section's ``health_check: {path: /healthz, expect: 2xx}`` gives the
+breaker a health check (``GET path`` on the origin, below the patch; see
+``otel_cb.integrations._http_health``); there is no default path.
 
 Importing this module does not import httpx; the names above load it on first use.
 """
@@ -161,7 +165,7 @@ def _handle_async_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
 @hookimpl
 def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     """The breaker-section keys of the httpx integration, checked without importing httpx."""
-    return {"failure_statuses": validate_settings, "fallback": validate_settings}
+    return {"failure_statuses": validate_settings, "fallback": validate_settings, "health_check": validate_settings}
 
 
 @hookimpl

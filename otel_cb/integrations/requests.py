@@ -91,8 +91,9 @@ Uninstrument
 API
 ---
 - ``RequestsCircuitOpenError``: what a refused request raises.
-- ``validate_settings(name, section)``: checks ``failure_statuses`` and
-  ``fallback`` of a config section, without importing requests.
+- ``validate_settings(name, section)``: checks ``failure_statuses``,
+  ``fallback`` and ``health_check`` (httpx's keys) of a config section,
+  without importing requests.
 - ``otel_cb_config_keys()``, ``otel_cb_patches()``: this plugin's hooks.
 
 Importing this module does not import requests; ``RequestsCircuitOpenError``
@@ -152,7 +153,7 @@ _PATCHES = [
 @hookimpl
 def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     """The breaker-section keys of the requests integration (httpx's), checked without importing requests."""
-    return {"failure_statuses": validate_settings, "fallback": validate_settings}
+    return {"failure_statuses": validate_settings, "fallback": validate_settings, "health_check": validate_settings}
 
 
 @hookimpl

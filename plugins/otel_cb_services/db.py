@@ -6,7 +6,8 @@ seen), or the ``match: {db: [...]}`` rules of the ``database_pool`` section.
 
 Settings: the ``database`` preset (10 consecutive failures, 3 probe
 successes, 10 s open, 5 probes, 20 minimum calls). While open, no query is
-sent and no connection is taken from the pool.
+sent and no connection is taken from the pool. Health check: the asyncpg
+integration's default, ``SELECT 1`` on a fresh connection to the database.
 """
 
 from __future__ import annotations

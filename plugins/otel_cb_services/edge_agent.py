@@ -7,7 +7,9 @@ Settings (the origin's EdgeAgent override): 2 consecutive failures, failure
 rate 0.2, 5 s open, 5 probe successes to close. The bidirectional
 ``StreamInference`` stream is protected per stream by the gRPC integration:
 a stream is admitted when opened, an error status mid-stream is a failure, a
-clean end a success, and a stream the caller abandons no verdict.
+clean end a success, and a stream the caller abandons no verdict. Health
+check: the grpc integration's default, ``grpc.health.v1.Health/Check`` for
+``llm.edge.v1.EdgeAgentService`` on EdgeAgent's target.
 """
 
 from __future__ import annotations

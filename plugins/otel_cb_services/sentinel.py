@@ -9,7 +9,9 @@ consecutive failures, failure rate 0.3 over at least 5 calls in a 30 s
 window, 10 s open. While open, ``GET /api/v1/alerts`` is served the last good
 alert list from the stale cache (marked by the ``X-Otel-CB-Fallback:
 stale-cache`` header, which ``SentinelClient`` turns into ``AlertList.stale``);
-``POST /api/v1/analyze`` is never replayed and fails fast.
+``POST /api/v1/analyze`` is never replayed and fails fast. Its health check
+is ``GET /healthz`` expecting a 2xx (the HTTP integrations' ``health_check``
+key): while open, the breaker waits for it instead of sending user requests.
 
 Every key can be overridden in the ``sentinel_client`` config section;
 ``--disable sentinel`` turns the plugin off.
@@ -35,6 +37,7 @@ DEFAULTS: Mapping[str, Any] = {
     "window_size": "30s",
     "open_timeout": "10s",
     "fallback": {"type": "stale_cache", "ttl": "5m", "max_entries": 100},
+    "health_check": {"path": "/healthz", "expect": "2xx"},
 }
 
 

@@ -5,6 +5,8 @@ Routing: every call to ``llm.shield.v1.ShieldService``, and every call to
 
 Settings: the ``aggressive`` preset (3 consecutive failures, failure rate 0.3
 over 5 calls in 30 s, 10 s open doubling up to 120 s, 5 probe successes).
+Health check: the grpc integration's default, ``grpc.health.v1.Health/Check``
+for ``llm.shield.v1.ShieldService`` on Shield's target (Shield serves it).
 
 Shield fails closed. No fallback may answer for Shield as if it had scanned:
 this plugin answers every ``otel_cb_fallback`` for a Shield call first

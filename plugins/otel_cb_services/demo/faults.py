@@ -19,7 +19,8 @@ class Phase:
 
     Behaviours: ``healthy`` and ``recovery`` answer normally; ``outage``
     fails every request; ``slow`` answers after ``slow_seconds`` (longer than
-    the clients' timeouts); ``flapping`` fails every other request.
+    the clients' timeouts); ``flapping`` fails every other request. Health
+    checks pass in ``healthy`` and ``recovery`` only.
     """
 
     name: str
@@ -83,6 +84,11 @@ class FaultScript:
                 return phase.name, phase.seconds - elapsed, left
             elapsed -= phase.seconds
         return self.phases[-1].name, 0.0, 0.0
+
+    def healthy(self) -> bool:
+        """What the servers' health checks answer now: healthy in ``healthy`` and ``recovery`` only
+        (a flapping service is not healthy, though every other request succeeds)."""
+        return self.current() in ("healthy", "recovery")
 
     def finished(self) -> bool:
         return time.monotonic() - self._start >= self.total_seconds

@@ -2,7 +2,12 @@
 
 All listen on loopback ports chosen by the OS and follow one ``FaultScript``.
 They are servers, so otel-cb does not patch them; only the demo's clients are
-protected.
+protected. Each implements the health check its client's breaker uses
+(``FaultScript.healthy()``): Sentinel ``GET /healthz`` (200, else 503), Shield
+and EdgeAgent the standard ``grpc.health.v1.Health/Check`` (``SERVING``, else
+``NOT_SERVING``; ``NOT_FOUND`` for a service they do not serve); the
+database's is ``SELECT 1`` through the proxy, which refuses connections while
+the database is down.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from ..protos import edge_pb2, edge_pb2_grpc, shield_pb2, shield_pb2_grpc
 from .faults import FaultScript
@@ -53,6 +59,10 @@ class _SentinelHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path == "/healthz":  # not a user request: not counted in ``requests``
+            healthy = self.server.script.healthy()
+            self._answer(200 if healthy else 503, {"status": "ok" if healthy else "unavailable"})
+            return
         if parts.path != "/api/v1/alerts":
             self._answer(404, {"error": "not found"})
             return
@@ -86,6 +96,22 @@ class _SentinelServer(ThreadingHTTPServer):
         self.script = script
         self.sequence = 0
         self.requests = 0  # every alerts or analyze request that reached Sentinel
+
+
+class _Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health/Check`` of one server (``List`` and ``Watch``: UNIMPLEMENTED)."""
+
+    def __init__(self, script: FaultScript, service: str) -> None:
+        self.script = script
+        self.services = ("", service)
+
+    def Check(self, request: health_pb2.HealthCheckRequest,
+              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in self.services:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        status = health_pb2.HealthCheckResponse.SERVING if self.script.healthy() else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
 
 
 class _Shield(shield_pb2_grpc.ShieldServiceServicer):
@@ -210,9 +236,11 @@ class Services:
         # Two servers, as in production: each service has its own target.
         self._shield = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         shield_pb2_grpc.add_ShieldServiceServicer_to_server(_Shield(script), self._shield)
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(script, "llm.shield.v1.ShieldService"), self._shield)
         self._shield_port = self._shield.add_insecure_port("127.0.0.1:0")
         self._edge = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         edge_pb2_grpc.add_EdgeAgentServiceServicer_to_server(_EdgeAgent(script), self._edge)
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(script, "llm.edge.v1.EdgeAgentService"), self._edge)
         self._edge_port = self._edge.add_insecure_port("127.0.0.1:0")
         self._shield.start()
         self._edge.start()

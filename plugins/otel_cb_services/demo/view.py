@@ -87,7 +87,7 @@ class Row:
     def cells(self) -> list[str]:
         return [self.name, self.state, *(str(n) for n in (
             self.calls, self.ok, self.failed, self.ignored, self.rejected,
-            self.fallback_ok, self.fallback_refused, self.fallback_failed)), f"{self.saved_seconds:.1f}s"]
+            self.fallback_ok, self.fallback_refused, self.fallback_failed)), f"{self.saved_seconds:.2f}s"]
 
 
 def rows() -> list[Row]:
