@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.postgres import postgres_cluster, postgres_dsn
+from tests.test_httpx_otel import in_memory_tracing, in_order
 
 __all__ = ["postgres_cluster", "postgres_dsn"]  # fixtures, re-exported for pytest
 
@@ -95,29 +95,19 @@ def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no
     import asyncpg.cursor
     import asyncpg.pool
     import asyncpg.prepared_stmt
-    from opentelemetry import trace
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     import otel_cb
-    import otel_cb.telemetry
     from otel_cb import CircuitOpenError, registry
     from otel_cb.integrations.asyncpg import db_target
 
     classes = (asyncpg.connection.Connection, asyncpg.prepared_stmt.PreparedStatement, asyncpg.cursor.Cursor,
                asyncpg.cursor.CursorIterator, asyncpg.pool.Pool)
     originals = {cls: dict(vars(cls)) for cls in classes}
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    otel_cb.telemetry.enable()
+    exporter, provider, disabled = in_memory_tracing("asyncpg")
     config = {"circuit_breakers": {"orders_db": {
         "failure_threshold": 1, "open_timeout": "60s", "slow_call_duration": None,
         "match": {"db": [db_target(dsn)]}}}}
-    disabled = {ep.name for ep in entry_points(group="otel_cb") if ep.name != "asyncpg"}
 
     async def query(conn: Any, sql: str, timeout: float | None = None) -> str:
         try:
@@ -133,9 +123,8 @@ def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no
 
     async def run(first: str, unfirst: str) -> dict[str, Any]:
         otel = AsyncPGInstrumentor()
-        steps = [lambda: otel.instrument(tracer_provider=provider), lambda: otel_cb.instrument(config,
-                                                                                              disabled=disabled)]
-        for step in steps if first == "otel_first" else steps[::-1]:
+        for step in in_order(first, lambda: otel.instrument(tracer_provider=provider),
+                             lambda: otel_cb.instrument(config, disabled=disabled)):
             step()
         conn = await asyncpg.connect(dsn)
         try:
@@ -147,11 +136,8 @@ def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no
             breaker = registry.get("orders_db")
             assert breaker is not None
             breaker.reset()
-            undo = [otel.uninstrument, otel_cb.uninstrument]
-            if unfirst != "otel_first":
-                undo.reverse()
             after = []
-            for step in undo:
+            for step in in_order(unfirst, otel.uninstrument, otel_cb.uninstrument):
                 step()
                 exporter.clear()
                 before = sum(breaker.snapshot().calls.values())
