@@ -146,6 +146,7 @@ def _is_bound_copy(node: Any, of: Any = None) -> bool:
 
 
 def _remove(module: ModuleType, target: str, handle: Any) -> None:
+    """Take our layer ``handle``, or the bound copy OpenTelemetry's ``unwrap()`` left of it, off ``target``."""
     import wrapt
 
     current = wrapt.resolve_path(module, target)[2]
