@@ -12,8 +12,12 @@ answers first overrides it. For a call it tries, in order:
 
 Automatic names are built from the destination only, after removing any
 credentials, path and query, so they are safe as span attributes and metric
-labels. The answer is memoised per call shape by ``_plugins``, so this runs
-once per distinct destination and method.
+labels. A call that names no destination (an HTTP target without a host or
+with port 0, an empty gRPC or database target) gets no automatic breaker:
+the client will refuse it itself, and a breaker named ``://:0`` would only
+collect noise. Integrations should not route such calls at all. The answer
+is memoised per call shape by ``_plugins``, so this runs once per distinct
+destination and method.
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ def destination_name(call: Call) -> str:
     return name[:_MAX_NAME]
 
 
+def _has_destination(call: Call) -> bool:
+    """False for a target no client can send to: no host, or port 0."""
+    target = call.target.strip()
+    if call.kind == "http":
+        m = _URL.match(target)
+        hostport = m["hostport"] if m else ""
+        return bool(hostport) and not hostport.startswith(":") and not hostport.endswith(":0")
+    return bool(target) and not target.startswith(":")
+
+
 def _strip(target: str) -> str:
     # Defensive: an integration should already pass host:port forms, but a
     # target with userinfo or a query must not leak into a name.
@@ -104,7 +118,7 @@ class Router:
             for pattern, name in rules:
                 if any(pattern.matches(value) for value in values):
                     return name
-        if not self._auto_enabled:
+        if not self._auto_enabled or not _has_destination(call):
             return None
         name = destination_name(call)
         with self._lock:

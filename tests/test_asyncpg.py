@@ -520,3 +520,43 @@ def test_database_spans_carry_the_breaker(postgres_dsn: str) -> None:
     assert refused["status"] == "ERROR"
     assert "circuit_breaker.rejected" in refused["events"], refused
     assert "circuit_breaker.state_change" in timed_out["events"], timed_out
+
+
+# -- destinations the client refuses, and multi-host DSNs -------------------------------
+
+
+@pytest.mark.parametrize(("dsn", "expected"), [
+    ("postgresql://u:pw@127.0.0.1:49507,127.0.0.1:49507/postgres", "127.0.0.1:49507/postgres"),
+    ("postgresql://a:1,b:2,c:3,d:4,e:5/app", "a:1,b:2,c:3,+2/app"),
+    ("postgresql://B:1,a:2/app", "b:1,a:2/app"),
+])
+def test_multi_host_dsns_name_each_host_once_in_order_bounded(dsn: str, expected: str) -> None:
+    assert db_target(dsn) == expected
+
+
+@pytest.mark.parametrize(("dsn", "kwargs"), [
+    ("invalid://example.org/db", {}),
+    ("db:5432/incidents", {}),  # a target, not a DSN: asyncpg refuses it
+    ("postgresql://127.0.0.1:abc/test", {}),
+    ("postgresql://postgres@127.0.0.1:5432/test", {"port": "zz"}),
+])
+def test_connect_arguments_asyncpg_refuses_create_and_touch_no_breaker(postgres_dsn: str, dsn: str,
+                                                                        kwargs: dict[str, object]) -> None:
+    async def attempt() -> BaseException:
+        try:
+            await asyncpg.connect(dsn, timeout=2, **kwargs)  # type: ignore[arg-type]
+        except Exception as exc:
+            return exc
+        raise AssertionError("asyncpg accepted the arguments")
+
+    plain = asyncio.run(attempt())
+    otel_cb.instrument({"auto_breakers": {"enabled": True, "max": 10},
+                        "circuit_breakers": {"catch_all": {"match": {"db": ["*:*/*"]}}}}, disabled=_others())
+    try:
+        under = asyncio.run(attempt())
+        touched = {b.name: b.snapshot().calls for b in otel_cb.registry if any(b.snapshot().calls.values())}
+        names = {b.name for b in otel_cb.registry}
+    finally:
+        otel_cb.uninstrument()
+    assert type(under) is type(plain) and str(under) == str(plain)
+    assert touched == {} and not any(name.startswith("db://") for name in names)

@@ -363,3 +363,49 @@ def test_a_refusal_is_served_and_counted_refused(pb: Any, server: FaultServer, s
 
     asyncio.run(scenario())
     assert shield.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 4}
+
+
+def _sync_shapes(pb: Any, address: str) -> list[object]:
+    """What a client sees of each call form on a failing server: types, codes, results."""
+    event = pb.shield_pb2.SecurityEvent(event_id="e", payload="login")
+    seen: list[object] = []
+    with grpc.insecure_channel(address) as channel:
+        method = pb.shield_pb2_grpc.ShieldServiceStub(channel).AnalyzeSecurityEvent
+        seen.append(isinstance(method, grpc.UnaryUnaryMultiCallable))
+        for call_form in (lambda: method(event, timeout=5), lambda: method.with_call(event, timeout=5)):
+            with pytest.raises(grpc.RpcError) as raised:
+                call_form()
+            seen += [isinstance(raised.value, grpc.Call), raised.value.code(), raised.value.details()]
+        future = method.future(event, timeout=5)
+        seen += [isinstance(future, grpc.Future), isinstance(future, grpc.Call)]
+        seen += [type(future.exception(timeout=5)).__mro__[-3:], future.code()]
+    return seen
+
+
+def _aio_shapes(pb: Any, address: str) -> list[object]:
+    async def scenario() -> list[object]:
+        event = pb.shield_pb2.SecurityEvent(event_id="e", payload="login")
+        seen: list[object] = []
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = pb.shield_pb2_grpc.ShieldServiceStub(channel).AnalyzeSecurityEvent(event, timeout=5)
+            seen += [isinstance(call, grpc.aio.UnaryUnaryCall), asyncio.iscoroutine(call)]
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            seen += [raised.value.code(), raised.value.details(), await call.code()]
+        return seen
+
+    return asyncio.run(scenario())
+
+
+def test_call_forms_look_the_same_with_and_without_otel_cb(pb: Any, server: FaultServer) -> None:
+    """Errors, codes, call and future objects of sync and aio calls, against the same failing server."""
+    server.mode = "invalid"  # a status the breaker counts as a success: it stays closed throughout
+    plain = (_sync_shapes(pb, server.address), _aio_shapes(pb, server.address))
+    otel_cb.instrument({"auto_breakers": {"enabled": True, "max": 10}}, disabled=others())
+    try:
+        under = (_sync_shapes(pb, server.address), _aio_shapes(pb, server.address))
+        breaker = registry.get(f"grpc://{server.address}")
+        assert breaker is not None and breaker.snapshot().calls["success"] == 4
+    finally:
+        otel_cb.uninstrument()
+    assert under == plain

@@ -602,3 +602,74 @@ def test_loading_the_plugin_does_not_import_httpx() -> None:
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('httpx', 'httpcore')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("url", ["example.org/path", "invalid://example.org/", "ftp://example.org/x"])
+def test_a_request_the_client_refuses_itself_creates_no_breaker(url: str, instrumented: None) -> None:
+    import otel_cb
+
+    otel_cb.instrument({"auto_breakers": {"enabled": True, "max": 10}}, disabled=())
+    before = {breaker.name for breaker in otel_cb.registry}
+
+    async def async_get() -> None:
+        async with httpx.AsyncClient() as client:
+            await client.get(url)
+
+    with pytest.raises(httpx.UnsupportedProtocol), httpx.Client() as client:  # as without otel-cb
+        client.get(url)
+    with pytest.raises(httpx.UnsupportedProtocol):
+        asyncio.run(async_get())
+    assert {breaker.name for breaker in otel_cb.registry} == before
+
+
+def test_an_empty_host_gets_no_automatic_breaker(instrumented: None) -> None:
+    import otel_cb
+
+    otel_cb.instrument({"auto_breakers": {"enabled": True, "max": 10}}, disabled=())
+    before = {breaker.name for breaker in otel_cb.registry}
+    with pytest.raises(httpx.ConnectError), httpx.Client() as client:
+        client.send(httpx.Request("GET", "http://:80/nothing"))
+    assert {breaker.name for breaker in otel_cb.registry} == before
+
+
+def test_the_patched_async_transport_returns_httpx_s_own_coroutine_when_unprotected() -> None:
+    import inspect
+
+    with patches():
+        transport = httpx.AsyncHTTPTransport()
+        assert inspect.iscoroutinefunction(httpx.AsyncHTTPTransport.handle_async_request)
+        pending = transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:1/"))
+        try:  # not instrumented: nothing routes, the call is httpx's own coroutine
+            assert pending.cr_code is vars(httpx.AsyncHTTPTransport)["handle_async_request"].__wrapped__.__code__
+        finally:
+            pending.close()
+
+
+class _Streamed(httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"ok"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory body", "streamed body"])
+def test_a_finished_response_is_judged_and_freed_without_the_cycle_collector(streamed: bool) -> None:
+    import gc
+    import weakref
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_Streamed()) if streamed else httpx.Response(200, content=b"ok")
+
+    breaker = CircuitBreaker("freed", config())
+    transport = CircuitBreakerTransport(httpx.MockTransport(answer), breaker=breaker)
+    gc.disable()
+    try:
+        response = transport.handle_request(httpx.Request("GET", "http://freed.example/"))
+        # An in-memory body was read and closed before it reached us: judged at once.
+        assert breaker.snapshot().calls["success"] == (0 if streamed else 1)
+        assert response.read() == b"ok"
+        response.close()
+        alive = weakref.ref(response)
+        del response
+        assert alive() is None  # our body wrapper does not tie the response into a reference cycle
+    finally:
+        gc.enable()
+    assert breaker.snapshot().calls["success"] == 1

@@ -95,7 +95,7 @@ def test_asyncpg_callers_get_their_own_exception_when_is_failure_raises(clock: F
         raise ConnectionResetError("the database went away")
 
     with pytest.raises(ConnectionResetError, match="went away"):
-        asyncio.run(integration._protected(call, breaker, None, query, (), {}))
+        asyncio.run(integration._protected(call, breaker, None, query()))
     assert breaker.is_open  # OSError: a failure by the SQLSTATE-free rule
 
 
@@ -334,7 +334,7 @@ def test_asyncpg_serves_a_refusal_counted_refused(clock: FakeClock) -> None:
         raise AssertionError("a rejected call must not run")
 
     call = Call("db", "db:5432/app", method="fetch")
-    assert asyncio.run(integration._protected(call, breaker, None, query, (), {})) == []
+    assert asyncio.run(integration._protected(call, breaker, None, query())) == []
     assert breaker.snapshot().fallbacks == {"success": 0, "failure": 0, "refused": 1}
 
 

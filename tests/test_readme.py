@@ -30,11 +30,9 @@ EXCLUDED = {
         "installs into .venv (a minute, the package index); the demo it starts is run by tests/test_demo.py",
     ("Quick start", "bash scripts/test"): "runs this suite (recursion)",
     ("Tests", "bash scripts/test"): "runs this suite (recursion)",
-    # Owned by other sections, being changed.
     ("otel-cb-instrument", "otel-cb-instrument --config otel-cb.yaml --service-name incidents python app.py"):
-        "owned by section otel-cb-instrument, being changed (runs the reader's own app.py, mypkg, app:app)",
-    ("otel-cb-instrument", "import otel_cb"):
-        "owned by section otel-cb-instrument, being changed (my_plugin is the reader's own plugin)",
+        "runs the reader's own app.py, mypkg and app:app (tests/test_instrument.py and test_cli.py cover the command)",
+    ("otel-cb-instrument", "import otel_cb"): "my_plugin is the reader's own plugin (tests/test_instrument.py)",
     # Blocks that need a service, or an object of the reader's.
     ("asyncpg", "from otel_cb import CircuitBreaker, CircuitBreakerConfig"): "needs PostgreSQL at db:5432",
     ("Service plugins and the demo", "from otel_cb_services.clients import EdgeAgentClient, SentinelClient, "
@@ -42,8 +40,13 @@ EXCLUDED = {
         "needs Sentinel, Shield and EdgeAgent at sentinel:8080, shield:50051, edge:50052",
     ("Shared state across processes (Redis)", "from otel_cb import CircuitBreaker"):
         "needs Redis at 127.0.0.1:6379 (and would write to a shared one)",
-    ("Telemetry", "from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader"):
-        "exporter is the reader's own metric exporter",
+    ("requests", "import requests"): "needs a server at catalog:8080 (tests/test_requests.py runs the same calls)",
+    ("Operating breakers", "export OTEL_CB_ADMIN_TOKEN=$(head -c 24 /dev/urandom | base64)"):
+        "runs the whole demo for a minute; tests/test_admin_instrument.py runs an app with the endpoint on",
+    ("Operating breakers", ".venv/bin/otel-cb status --address 127.0.0.1:9466"):
+        "needs a running application with the endpoint on; tests/test_admin_instrument.py drives these commands",
+    ("Contributing", ".venv/bin/python scripts/peer-suites"):
+        "fetches and runs other projects' test suites (about 15 minutes)",
     ("Dashboards and alerts", "docker compose -f grafana/docker-compose.yml up -d"):
         "needs Docker and starts the Grafana stack",
 }

@@ -23,6 +23,7 @@ from ..plugin import parse_items
 __all__ = [
     "DEFAULT_FAILURE_SQLSTATES",
     "FailureRules",
+    "connect_target",
     "connection_target",
     "db_target",
     "validate_settings",
@@ -44,6 +45,8 @@ failures...) was caused by the client's request and is ignored.
 _SQLSTATE = re.compile(r"^[0-9A-Z]{2}([0-9A-Z]{3})?$")
 _SQLSTATES_ALLOWED = "a list of SQLSTATE codes ('57014') or two-character classes ('08')"
 _DEFAULT_PORT = 5432
+_MAX_HOSTS = 3  # hosts a multi-host target names; the rest are counted ("+2")
+_DSN_SCHEMES = ("postgres", "postgresql")
 
 
 def _parse_sqlstates(where: str, value: object) -> frozenset[str]:
@@ -160,8 +163,11 @@ def db_target(dsn: str | None = None, *, host: object = None, port: object = Non
     ``PGPORT``, ``PGDATABASE`` (the database defaults to the user name, as in
     libpq), else ``localhost:5432``. A string that is already a target
     (``"db:5432/incidents"``) is normalised and returned. User, password and
-    query options never appear in the result. Several hosts are kept in
-    order, comma-separated (``"a:5432,b:5432/app"``).
+    query options never appear in the result. Several hosts (a multi-host
+    DSN, tried in order by asyncpg) are one destination: kept in order,
+    comma-separated, each once, the first three named and the others counted
+    (``"a:5432,b:5432,c:5432,+2/app"``), so the name stays short and the same
+    for the same DSN.
 
     Examples:
         >>> db_target("postgresql://svc:secret@DB.internal:6432/incidents?sslmode=require")
@@ -205,10 +211,14 @@ def db_target(dsn: str | None = None, *, host: object = None, port: object = Non
         ports = dsn_port.split(",")
     else:
         ports = os.environ.get("PGPORT", str(_DEFAULT_PORT)).split(",")
-    endpoints = []
+    endpoints: list[str] = []
     for index, (name, own_port) in enumerate(hosts):
         chosen = own_port if own_port and port is None else ports[min(index, len(ports) - 1)]
-        endpoints.append(_host_port(name, chosen or _DEFAULT_PORT))
+        endpoint = _host_port(name, chosen or _DEFAULT_PORT)
+        if endpoint not in endpoints:
+            endpoints.append(endpoint)
+    if len(endpoints) > _MAX_HOSTS:
+        endpoints[_MAX_HOSTS:] = [f"+{len(endpoints) - _MAX_HOSTS}"]
     dbname = database or dsn_database or os.environ.get("PGDATABASE") or user or os.environ.get("PGUSER")
     if not dbname:
         try:
@@ -216,6 +226,35 @@ def db_target(dsn: str | None = None, *, host: object = None, port: object = Non
         except Exception:
             dbname = "postgres"
     return f"{','.join(endpoints)}/{dbname}"
+
+
+def connect_target(dsn: object = None, *, host: object = None, port: object = None,
+                   database: object = None) -> str | None:
+    """The target of ``asyncpg.connect`` / ``create_pool`` arguments; None when asyncpg refuses them itself.
+
+    asyncpg rejects a DSN whose scheme is not ``postgres``/``postgresql`` and
+    a port that is not a number before any I/O (``ClientConfigurationError``,
+    ``ValueError``): such a call names no destination, so no breaker is
+    created or touched for it.
+    """
+    if dsn is not None:
+        if not isinstance(dsn, str):
+            return None
+        if dsn:
+            parts = urlsplit(dsn)
+            if parts.scheme not in _DSN_SCHEMES:
+                return None
+            netloc_ports = [p for _, p in _split_hosts(parts.netloc.rpartition("@")[2]) if p]
+            query_ports = parse_qs(parts.query).get("port", [""])[-1].split(",")
+            if not all(p.strip().isdigit() for p in netloc_ports + [q for q in query_ports if q]):
+                return None
+    if port is not None:
+        ports = list(port) if isinstance(port, (list, tuple)) else str(port).split(",")
+        if not all(isinstance(p, int) or str(p).strip().isdigit() for p in ports):
+            return None
+    if database is not None and not isinstance(database, str):
+        return None
+    return db_target(dsn or None, host=host, port=port, database=database)
 
 
 def connection_target(addr: object, database: object) -> str:

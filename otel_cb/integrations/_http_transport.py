@@ -50,7 +50,12 @@ __all__ = [
 Selector = Callable[[Call], CircuitBreaker | None]
 
 FALLBACK_HEADER = "X-Otel-CB-Fallback"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# What httpcore sends to; any other scheme it refuses with UnsupportedProtocol before any I/O.
+_SCHEMES = frozenset(_DEFAULT_PORTS)
+# (raw scheme, raw host, port) -> target: the per-destination part of describe(), built once.
+_targets: dict[tuple[bytes, bytes, int | None], str] = {}
+_MAX_TARGETS = 4096
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
@@ -81,16 +86,35 @@ class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
         return (type(self), (self.name, self.state, self.retry_after))
 
 
-def describe(request: httpx.Request) -> Call:
-    """The ``Call`` of a request: target ``scheme://host:port``, the URL without userinfo."""
+def describe(request: httpx.Request) -> Call | None:
+    """The ``Call`` of a request: target ``scheme://host:port``, the URL without userinfo.
+
+    None for a request that names no destination: a scheme httpcore refuses
+    (``UnsupportedProtocol``, raised before any I/O) or an empty host. The
+    client rejects those itself; no breaker is created or touched for them.
+    """
     url = request.url
+    key = (url.raw_scheme, url.raw_host, url.port)
+    target = _targets.get(key)
+    if target is None:
+        target = _target_of(url)
+        if target is None:
+            return None
+        if len(_targets) >= _MAX_TARGETS:
+            _targets.clear()
+        _targets[key] = target
+    full = str(url.copy_with(username=None, password=None) if url.userinfo else url)
+    return Call(kind="http", target=target, method=request.method, url=full, request=request)
+
+
+def _target_of(url: httpx.URL) -> str | None:
     scheme = url.scheme
     host = url.host
+    if scheme not in _SCHEMES or not host:
+        return None
     if ":" in host:
         host = f"[{host}]"
-    port = url.port or _DEFAULT_PORTS.get(scheme, 0)
-    full = str(url.copy_with(username=None, password=None) if url.userinfo else url)
-    return Call(kind="http", target=f"{scheme}://{host}:{port}", method=request.method, url=full, request=request)
+    return f"{scheme}://{host}:{url.port or _DEFAULT_PORTS[scheme]}"
 
 
 def _not_the_server(exc: BaseException) -> Verdict | None:
@@ -121,6 +145,8 @@ class _Router:
         """The exchange for ``request``, or None when no breaker protects it."""
         try:
             call = describe(request)
+            if call is None:
+                return None
             if self._breaker is not None:
                 breaker: CircuitBreaker | None = self._breaker
             elif self._selector is not None:
@@ -205,8 +231,22 @@ class _Exchange:
         of its stream) ends."""
         self._unguard()
         if self._judge_head(response):
-            response.stream = body(response.stream, self)
+            if response.is_closed:
+                # Read and closed by the inner transport already (an in-memory body, as
+                # httpx.MockTransport returns): no stream will end later, so the verdict lands now.
+                self._body_read(response)
+            else:
+                response.stream = body(response.stream, self)
         return response
+
+    def _body_read(self, response: httpx.Response) -> None:
+        if self.chunks is not None:
+            try:
+                self.body_chunk(response.content)
+            except httpx.ResponseNotRead:
+                self.chunks = None
+        self.body_complete()
+        self.body_closed()
 
     def _judge_head(self, response: httpx.Response) -> bool:
         """Classify the response head. True: the verdict waits for the body."""
@@ -274,6 +314,9 @@ class _Exchange:
         if permit is not None and not permit.done:
             self._record_success()
         self.chunks = None
+        # The response holds its stream (our body wrapper), which holds this exchange: letting go of the
+        # response breaks the cycle, so a finished request is freed by reference counting, not by the GC.
+        self.response = None
 
     # -- shared -----------------------------------------------------------------
 
@@ -398,12 +441,20 @@ def send_sync(router: _Router, request: httpx.Request, send: Callable[..., httpx
     return exchange.responded(response, _SyncBody)
 
 
-async def send_async(router: _Router, request: httpx.Request, send: Callable[..., Awaitable[httpx.Response]],
-                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
-    """The async twin of ``send_sync``."""
+def send_async(router: _Router, request: httpx.Request, send: Callable[..., Awaitable[httpx.Response]],
+               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[httpx.Response]:
+    """The async twin of ``send_sync``: routes now, and returns what to await.
+
+    An unprotected request gets ``send``'s own awaitable, untouched.
+    """
     exchange = router.prepare(request)
     if exchange is None:
-        return await send(*args, **kwargs)
+        return send(*args, **kwargs)
+    return _exchange_async(exchange, send, args, kwargs)
+
+
+async def _exchange_async(exchange: _Exchange, send: Callable[..., Awaitable[httpx.Response]],
+                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
     served = exchange.admit()
     if served is not None:
         return served
@@ -482,13 +533,17 @@ def patched_handle_request(wrapped: Callable[..., Any], instance: Any, args: tup
     return send_sync(_AUTO, request, wrapped, args, kwargs)
 
 
-async def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                                       kwargs: dict[str, Any]) -> Any:
-    """wrapt wrapper of ``httpx.AsyncHTTPTransport.handle_async_request``."""
+def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                                 kwargs: dict[str, Any]) -> Any:
+    """wrapt wrapper of ``httpx.AsyncHTTPTransport.handle_async_request``: returns the coroutine to await.
+
+    A plain function, so a call that is not protected returns httpx's own
+    coroutine untouched.
+    """
     request = args[0] if args else kwargs.get("request")
     if _GUARDED.get() or not isinstance(request, httpx.Request):
-        return await wrapped(*args, **kwargs)
-    return await send_async(_AUTO, request, wrapped, args, kwargs)
+        return wrapped(*args, **kwargs)
+    return send_async(_AUTO, request, wrapped, args, kwargs)
 
 
 # Public under their documented home, as tracebacks and reprs show them.

@@ -51,6 +51,20 @@ method=...)`` and routed by ``otel_cb.plugin.select_breaker``: the config
 file's ``match: {db: [...]}`` rules (DSNs or ``host:port/dbname``; use
 :func:`db_target` to turn a DSN into a target), else one automatic breaker
 per database. Targets never hold a user name, password or query options.
+A multi-host DSN is one destination for connecting and acquiring (its hosts
+in order, each once, at most three named: ``a:5432,b:5432,c:5432,+2/app``);
+queries go to the breaker of the server their connection reached. Arguments
+asyncpg refuses before any I/O (a DSN scheme other than ``postgres`` /
+``postgresql``, a port that is not a number) are not routed at all.
+
+Call shapes
+-----------
+
+A patched method is called at once and returns the awaitable that runs it
+under the breaker, so what asyncpg raises at call time (``InterfaceError``
+from a prepared statement, cursor or transaction whose connection was
+released or closed; ``TypeError`` for bad arguments) still raises at call
+time. A call refused while open raises when awaited.
 
 Classification
 --------------
@@ -109,6 +123,7 @@ API
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -128,7 +143,14 @@ from ..plugin import (
     select_breaker,
     serve_fallback,
 )
-from ._asyncpg_policy import DEFAULT_FAILURE_SQLSTATES, FailureRules, connection_target, db_target, validate_settings
+from ._asyncpg_policy import (
+    DEFAULT_FAILURE_SQLSTATES,
+    FailureRules,
+    connect_target,
+    connection_target,
+    db_target,
+    validate_settings,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -155,7 +177,7 @@ _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.asyncpg.
 _DEFAULT_RULES = FailureRules()
 _MAX_MEMO = 4096
 _calls: dict[tuple[str, str], Call] = {}
-_pool_targets: dict[tuple[object, ...], str] = {}
+_pool_targets: dict[tuple[object, ...], str | None] = {}
 _conn_targets: dict[tuple[object, object], str] = {}
 
 
@@ -176,11 +198,18 @@ def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc:
 
 
 async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | None,
-                     wrapped: Wrapped, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run ``wrapped(*args, **kwargs)`` as one call through ``breaker``."""
+                     awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` (a database call already made, not yet run) as one call through ``breaker``.
+
+    The caller makes the call first, so what the method itself does at call
+    time (asyncpg's checks on a released or closed connection, argument
+    binding) happens at call time as without otel-cb; a rejected call's
+    coroutine is closed unrun.
+    """
     try:
         permit = breaker.acquire()
     except CircuitOpenError as exc:
+        _discard(awaitable)
         annotate_span(breaker, exc.state)
         served = serve_fallback(call, breaker, exc)
         if served is None:
@@ -189,7 +218,7 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     annotate_span(breaker, breaker.state)
     token = _INSIDE.set(True)
     try:
-        result = await wrapped(*args, **kwargs)
+        result = await awaitable
     except BaseException as exc:
         verdict = _judge(call, breaker, rules, exc)
         permit.record(verdict)
@@ -206,6 +235,21 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
     else:
         permit.record(hook_verdict)
     return result
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    """Close a coroutine that will never run, so it warns of nothing."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+
+
+async def _inside(awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` with the patched methods it calls passing straight through."""
+    token = _INSIDE.set(True)
+    try:
+        return await awaitable
+    finally:
+        _INSIDE.reset(token)
 
 
 # -- auto-patching ----------------------------------------------------------------
@@ -233,23 +277,23 @@ def _connection_target(connection: Any) -> str:
     return target
 
 
-def _arguments_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+def _arguments_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     dsn = args[0] if args else kwargs.get("dsn")
     host, port, database = kwargs.get("host"), kwargs.get("port"), kwargs.get("database")
-    key = (dsn, repr(host), repr(port), database)
-    target = _pool_targets.get(key)
-    if target is None:
+    key = (dsn, repr(host), repr(port), repr(database))
+    target = _pool_targets.get(key, _MISSING)
+    if target is _MISSING:
         if len(_pool_targets) >= _MAX_MEMO:
             _pool_targets.clear()
-        target = _pool_targets[key] = db_target(dsn, host=host, port=port, database=database)
-    return target
+        target = _pool_targets[key] = connect_target(dsn, host=host, port=port, database=database)
+    return target  # type: ignore[no-any-return]
 
 
-def _target_of_connect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _target_of_connect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     return _arguments_target(args, kwargs)
 
 
-def _target_of_pool(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _target_of_pool(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     return _arguments_target(instance._connect_args, instance._connect_kwargs)
 
 
@@ -261,37 +305,45 @@ def _target_of_resource(instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     return _connection_target(instance._connection)
 
 
-TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], str]
+TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], "str | None"]
+_MISSING: Any = object()
 
 
 def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]:
-    """A wrapt wrapper that routes one database call to its breaker."""
+    """A wrapt wrapper that routes one database call to its breaker.
 
-    async def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    The wrapper is a plain function, as the methods it wraps are to their
+    callers: it calls the method at once (so asyncpg's call-time
+    ``InterfaceError`` on a released connection, or a ``TypeError`` for bad
+    arguments, is raised at call time) and returns an awaitable that runs it
+    under the breaker.
+    """
+
+    def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
-            return await wrapped(*args, **kwargs)
+            return wrapped(*args, **kwargs)
+        call: Call | None = None
         try:
-            call = _call(target_of(instance, args, kwargs), method)
-            breaker = select_breaker(call)
+            # None: arguments asyncpg refuses before any I/O; no breaker is created or touched.
+            target = target_of(instance, args, kwargs)
+            call = _call(target, method) if target is not None else None
+            breaker = select_breaker(call) if call is not None else None
         except Exception:
             # Never let our bookkeeping break the application's query.
             log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
                      method, exc_info=True)
             breaker = None
-        if breaker is None:
-            return await wrapped(*args, **kwargs)
-        return await _protected(call, breaker, None, wrapped, args, kwargs)
+        awaitable = wrapped(*args, **kwargs)
+        if breaker is None or call is None:
+            return awaitable
+        return _protected(call, breaker, None, awaitable)
 
     return wrapper
 
 
-async def _never_refused(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _never_refused(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Cleanup (rollback, commit at block exit, reset on release) runs unguarded, never rejected."""
-    token = _INSIDE.set(True)
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        _INSIDE.reset(token)
+    return _inside(wrapped(*args, **kwargs))
 
 
 _QUERY_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fetchmany",
@@ -409,7 +461,7 @@ class ResilientPool:
         async def start() -> asyncpg.Pool:
             return await pool
 
-        await _protected(_call(target, "connect"), breaker, rules, start, (), {})
+        await _protected(_call(target, "connect"), breaker, rules, start())
         return cls(pool, breaker=breaker, target=target, rules=rules, acquire_timeout=acquire_timeout)
 
     # -- CircuitProtected ---------------------------------------------------
@@ -444,7 +496,7 @@ class ResilientPool:
                 # A pool hands out a proxy that behaves as (and isinstance-checks as) a Connection.
                 return await operation(cast("Connection[Any]", connection))
 
-        result: T = await _protected(_call(self.target, method), self._breaker, self._rules, work, (), {})
+        result: T = await _protected(_call(self.target, method), self._breaker, self._rules, work())
         return result
 
     async def execute(self, operation: str | Callable[[Connection[Any]], Awaitable[T]], *args: Any,
