@@ -9,6 +9,17 @@ the wrappers applied here: through ``wrapt.unwrap_object`` with the handle we
 kept, which splices our layer out even when another wrapper (OpenTelemetry's,
 say) was put on top of it later, and leaves that other wrapper in place.
 
+OpenTelemetry's ``unwrap()`` restores a class attribute with
+``setattr(cls, name, getattr(cls, name).__wrapped__)``; ``getattr`` on the
+class binds, so when it uninstruments first the attribute becomes a
+``BoundFunctionWrapper`` copy of our layer (its ``_self_parent`` is our
+handle), which rebinds through our handle on every lookup. Removal therefore
+looks for the handle or such a copy of it, and restores the handle's own
+``__wrapped__``: after both sides uninstrument, in either order, the attribute
+is the original object again. The descent when applying never goes into a
+bound copy (setting its ``__wrapped__`` would be bypassed by that rebinding):
+it wraps above it.
+
 If our layer cannot be spliced out (what sits above it is not a wrapt
 wrapper), it is switched off instead: every patched wrapper goes through a
 switch, so a removed patch passes calls straight through.
@@ -114,7 +125,7 @@ def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
     node: Any = wrapt.resolve_path(module, target)[2]
     layer: Any = None
     for _ in range(64):  # a bound on pathological chains
-        if not issubclass(type(node), wrapt.BaseObjectProxy):
+        if not issubclass(type(node), wrapt.BaseObjectProxy) or _is_bound_copy(node):
             break
         layer, node = node, node.__wrapped__
     if layer is None:
@@ -122,6 +133,30 @@ def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
     handle = wrapt.FunctionWrapper(node, switch)
     layer.__wrapped__ = handle
     return handle
+
+
+def _is_bound_copy(node: Any, of: Any = None) -> bool:
+    """Whether ``node`` is a bound copy of a wrapt wrapper (of ``of``, if given) left on an attribute."""
+    import wrapt
+
+    if not isinstance(node, wrapt.BoundFunctionWrapper):
+        return False
+    parent = node._self_parent
+    return parent is not None and (of is None or parent is of)
+
+
+def _remove(module: ModuleType, target: str, handle: Any) -> None:
+    """Take our layer ``handle``, or the bound copy OpenTelemetry's ``unwrap()`` left of it, off ``target``."""
+    import wrapt
+
+    current = wrapt.resolve_path(module, target)[2]
+    found = wrapt.find_wrapper(current, predicate=lambda entry: entry is handle or _is_bound_copy(entry, handle))
+    if found is None:
+        return  # replaced wholesale by someone else: nothing of ours is reachable
+    if found is not handle:
+        # A bound copy wraps the original as bound for the class; restore the unbound original itself.
+        found.__wrapped__ = handle.__wrapped__
+    wrapt.unwrap_object(module, target, found, missing_ok=True)
 
 
 def applied() -> list[Patch]:
@@ -132,8 +167,6 @@ def applied() -> list[Patch]:
 
 def remove_all() -> None:
     """Remove every patch applied here and forget pending ones; other wrappers stay."""
-    import wrapt
-
     with _lock:
         items = list(_applied.items())
         _applied.clear()
@@ -144,7 +177,7 @@ def remove_all() -> None:
     for patch, (module, handle, switch) in reversed(items):
         switch.on = False
         try:
-            wrapt.unwrap_object(module, patch.target, handle, missing_ok=True)
+            _remove(module, patch.target, handle)
         except Exception as exc:
             # Something that is not a wrapt wrapper sits on top of ours: the
             # switch above already makes our layer a pass-through.

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_httpx_otel import in_memory_tracing, in_order
+
 ROOT = Path(__file__).resolve().parent.parent
 ORDERS = ("otel_first", "otel_cb_first")
 CONFIG = {
@@ -47,12 +49,13 @@ def scenario() -> dict[str, Any]:
     return seen
 
 
+@pytest.mark.parametrize("round_", [1, 2], ids=["first", "instrumented again"])
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
 @pytest.mark.parametrize("instrumented_first", ORDERS)
 @pytest.mark.parametrize("uninstrumented_first", ORDERS)
-def test_client_span_carries_the_breaker_in_any_order(scenario: dict[str, Any], flavour: str,
+def test_client_span_carries_the_breaker_in_any_order(scenario: dict[str, Any], round_: int, flavour: str,
                                                       instrumented_first: str, uninstrumented_first: str) -> None:
-    seen = scenario[f"{flavour}/{instrumented_first}/{uninstrumented_first}"]
+    seen = scenario[f"{round_}/{flavour}/{instrumented_first}/{uninstrumented_first}"]
     healthy, failed, tripping, rejected = seen["spans"]
     # OpenTelemetry's span is the outer one: it covers the breaker's decisions.
     for span in seen["spans"]:
@@ -73,6 +76,8 @@ def test_client_span_carries_the_breaker_in_any_order(scenario: dict[str, Any], 
     else:
         assert after_one == {"spans": 1, "protected": False}
     assert after_both == {"spans": 0, "protected": False}
+    # Both uninstrumented: every attribute otel-cb patched is its original object again.
+    assert seen["not_original"] == []
 
 
 def test_otel_cb_instrument_protects_a_grpc_program(tmp_path: Path) -> None:
@@ -123,25 +128,20 @@ def test_otel_cb_instrument_protects_a_grpc_program(tmp_path: Path) -> None:
 
 def _main() -> None:  # pragma: no cover - runs in the subprocess
     import grpc
-    from opentelemetry import trace
+    import wrapt
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     import otel_cb
-    import otel_cb.telemetry
     from otel_cb import registry
+    from otel_cb.integrations import grpc as integration
     from tests.grpc_server import FaultServer, stubs
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    otel_cb.telemetry.enable()
+    exporter, _, disabled = in_memory_tracing("grpc")
     pb = stubs()
     event = pb.shield_pb2.SecurityEvent(event_id="e", payload="login")
-    disabled = {ep.name for ep in entry_points(group="otel_cb") if ep.name != "grpc"}
+    # What otel-cb patches, before anything patched it: both uninstrumented, each must be this object again.
+    originals = {(p.module, p.target): wrapt.resolve_path(p.module, p.target)[2]
+                 for p in integration.otel_cb_patches()}
 
     def sync_call(server: FaultServer) -> bool:
         with grpc.insecure_channel(server.address) as channel:
@@ -167,13 +167,14 @@ def _main() -> None:  # pragma: no cover - runs in the subprocess
 
     seen: dict[str, Any] = {}
     with FaultServer() as server:
-        for flavour, call, instrumentor in (("sync", sync_call, GrpcInstrumentorClient),
-                                            ("aio", aio_call, GrpcAioInstrumentorClient)):
+        # Twice over: instrumenting again after both sides uninstrumented must protect again.
+        for round_, (flavour, call, instrumentor) in ((r, f) for r in (1, 2) for f in (
+                ("sync", sync_call, GrpcInstrumentorClient), ("aio", aio_call, GrpcAioInstrumentorClient))):
             for first in ORDERS:
                 for unfirst in ORDERS:
                     otel = instrumentor()
-                    steps = [otel.instrument, lambda: otel_cb.instrument(CONFIG, disabled=disabled)]
-                    for step in steps if first == "otel_first" else steps[::-1]:
+                    for step in in_order(first, otel.instrument,
+                                         lambda: otel_cb.instrument(CONFIG, disabled=disabled)):
                         step()
                     exporter.clear()
                     spans = []
@@ -191,19 +192,18 @@ def _main() -> None:  # pragma: no cover - runs in the subprocess
                         })
                     server.mode = "healthy"
                     registry.get("shield").reset()
-                    undo = [otel.uninstrument, otel_cb.uninstrument]
-                    if unfirst != "otel_first":
-                        undo.reverse()
                     outcomes = []
-                    for step in undo:
+                    for step in in_order(unfirst, otel.uninstrument, otel_cb.uninstrument):
                         step()
                         exporter.clear()
                         before_calls = shield_calls()
                         assert call(server)
                         outcomes.append({"spans": sum(s.name.startswith("/") for s in exporter.get_finished_spans()),
                                          "protected": shield_calls() > before_calls})
-                    seen[f"{flavour}/{first}/{unfirst}"] = {
-                        "spans": spans, "after_one": outcomes[0], "after_both": outcomes[1]}
+                    seen[f"{round_}/{flavour}/{first}/{unfirst}"] = {
+                        "spans": spans, "after_one": outcomes[0], "after_both": outcomes[1],
+                        "not_original": [f"{module}.{target}" for (module, target), original in originals.items()
+                                         if wrapt.resolve_path(module, target)[2] is not original]}
     print(json.dumps(seen))
 
 

@@ -1,15 +1,22 @@
 """Coexistence with opentelemetry-instrumentation-httpx, proven with the in-memory span exporter.
 
 Runs in a subprocess: it installs a global TracerProvider and patches httpx
-for the whole process, which other tests must not inherit.
+for the whole process, which other tests must not inherit. Run as
+``python -m tests.test_httpx_otel URL`` this module is the instrument/uninstrument
+orders scenario itself: it prints one JSON line with what it saw. ``run_orders``,
+``check_orders`` and ``run_orders_script`` are shared with the requests tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ import pytest
 from .http_server import FaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
+ORDERS = ("otel_first", "otel_cb_first")
 
 PRELUDE = textwrap.dedent("""
     import asyncio, json, sys
@@ -204,3 +212,131 @@ def test_a_served_fallback_is_marked_on_the_client_span(server: FaultServer) -> 
     served = [span for span in report["spans"] if span["kind"] == "CLIENT"][1]
     names = [name for name, _ in served["events"]]
     assert "circuit_breaker.rejected" in names and "circuit_breaker.fallback" in names
+
+
+# -- every instrument/uninstrument order, twice over, in one process --------------------------
+
+
+def in_order(first: str, opentelemetry_step: Callable[[], Any], otel_cb_step: Callable[[], Any]) -> list[Any]:
+    """The two steps, OpenTelemetry's first when ``first`` is ``"otel_first"`` (one of ``ORDERS``)."""
+    return [opentelemetry_step, otel_cb_step] if first == "otel_first" else [otel_cb_step, opentelemetry_step]
+
+
+def in_memory_tracing(integration: str) -> tuple[Any, Any, set[str]]:
+    """Install a global TracerProvider exporting to memory and enable otel-cb's telemetry (once per process).
+
+    Returns the exporter, the provider and the otel-cb plugins to disable so only ``integration`` patches.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import otel_cb.telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    otel_cb.telemetry.enable()
+    return exporter, provider, {ep.name for ep in entry_points(group="otel_cb") if ep.name != integration}
+
+
+def run_orders(integration: str, url: str, instrumentor: Callable[[], Any], call: Callable[[], None]) -> None:
+    """In this (fresh) process: each of the four orders twice over; print what each cycle saw as JSON.
+
+    ``integration`` names otel-cb's integration (the only one enabled), ``instrumentor()``
+    makes OpenTelemetry's instrumentor and ``call()`` makes one call to ``url``. Instrumenting
+    again after both uninstrumented is the second round.
+    """
+    import importlib
+
+    import wrapt
+
+    import otel_cb
+    from otel_cb import registry
+
+    exporter, _, disabled = in_memory_tracing(integration)
+    config = {"circuit_breakers": {"dependency": {
+        "failure_threshold": 100, "open_timeout": "60s", "match": {"http": [url]}}}}
+    patches = importlib.import_module(f"otel_cb.integrations.{integration}").otel_cb_patches()
+    originals = {(p.module, p.target): wrapt.resolve_path(p.module, p.target)[2] for p in patches}
+
+    def observe(breaker: Any) -> dict[str, int]:
+        exporter.clear()
+        before = sum(breaker.snapshot().calls.values())
+        call()
+        spans = [dict(s.attributes or {}) for s in exporter.get_finished_spans() if s.kind.name == "CLIENT"]
+        return {"spans": len(spans), "named": sum(bool(s.get("circuit_breaker.name")) for s in spans),
+                "protected": sum(breaker.snapshot().calls.values()) - before}
+
+    seen: dict[str, Any] = {}
+    for round_ in (1, 2):
+        for first in ORDERS:
+            for unfirst in ORDERS:
+                otel = instrumentor()
+                for step in in_order(first, otel.instrument, lambda: otel_cb.instrument(config, disabled=disabled)):
+                    step()
+                breaker = registry.get("dependency")
+                both = observe(breaker)
+                after = []
+                for step in in_order(unfirst, otel.uninstrument, otel_cb.uninstrument):
+                    step()
+                    after.append(observe(breaker))
+                seen[f"{round_}/{first}/{unfirst}"] = {
+                    "both": both, "after_one": after[0], "after_both": after[1],
+                    # Every patched attribute that is not, by identity, what it was before anything patched it.
+                    "not_original": [f"{module}.{target}" for (module, target), original in originals.items()
+                                     if wrapt.resolve_path(module, target)[2] is not original]}
+    print(json.dumps(seen))
+
+
+def check_orders(seen: dict[str, Any], per_call: int = 1) -> None:
+    """Each cycle: OpenTelemetry's span around our breaker, either side alone working, then the originals."""
+    assert len(seen) == 8, list(seen)
+    n = per_call
+    for key, cycle in seen.items():
+        unfirst = key.rsplit("/", 1)[1]
+        # OpenTelemetry's span is made around our breaker: it carries the breaker's name.
+        assert cycle["both"] == {"spans": n, "named": n, "protected": n}, (key, cycle)
+        if unfirst == "otel_first":
+            assert cycle["after_one"] == {"spans": 0, "named": 0, "protected": n}, (key, cycle)
+        else:
+            assert cycle["after_one"] == {"spans": n, "named": 0, "protected": 0}, (key, cycle)
+        assert cycle["after_both"] == {"spans": 0, "named": 0, "protected": 0}, (key, cycle)
+        assert cycle["not_original"] == [], (key, cycle)
+
+
+def run_orders_script(module: str, url: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", module, url], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "OTEL_SDK_DISABLED": "false"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return seen
+
+
+def test_every_instrument_order_keeps_the_breaker_inside_and_restores_the_originals() -> None:
+    with FaultServer("healthy") as running:
+        seen = run_orders_script("tests.test_httpx_otel", running.url)
+    check_orders(seen, per_call=2)
+
+
+def _main(url: str) -> None:  # pragma: no cover - runs in the subprocess
+    import httpx
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    def call() -> None:
+        # Both transports (two requests): the sync and the async one are patched separately, by both sides.
+        with httpx.Client() as client:
+            client.get(url).raise_for_status()
+
+        async def call_async() -> None:
+            async with httpx.AsyncClient() as client:
+                (await client.get(url)).raise_for_status()
+        asyncio.run(call_async())
+
+    run_orders("httpx", url, HTTPXClientInstrumentor, call)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

@@ -2,7 +2,9 @@
 ``otel-cb-instrument``.
 
 Runs in subprocesses: they install a global TracerProvider and patch requests
-for the whole process, which other tests must not inherit.
+for the whole process, which other tests must not inherit. Run as
+``python -m tests.test_requests_otel URL`` this module is the instrument/uninstrument
+orders scenario (``tests.test_httpx_otel.run_orders``): it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from .http_server import FaultServer
-from .test_httpx_otel import status_code
+from .test_httpx_otel import check_orders, run_orders, run_orders_script, status_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,3 +146,24 @@ def test_unmodified_app_under_otel_cb_instrument(tmp_path: Path) -> None:
     assert report["calls"] == {"success": 0, "failure": 2, "ignored": 0, "rejected": 1}
     assert len(report["spans"]) == 3  # OpenTelemetry's requests instrumentation, activated by the bootstrap
     assert all(span["circuit_breaker.name"] == "orders" for span in report["spans"])
+
+
+def test_every_instrument_order_keeps_the_breaker_inside_and_restores_the_originals() -> None:
+    with FaultServer("healthy") as running:
+        seen = run_orders_script("tests.test_requests_otel", running.url)
+    check_orders(seen)
+
+
+def _main(url: str) -> None:  # pragma: no cover - runs in the subprocess
+    import requests
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    def call() -> None:
+        with requests.Session() as session:
+            session.get(url).raise_for_status()
+
+    run_orders("requests", url, RequestsInstrumentor, call)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
