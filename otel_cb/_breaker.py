@@ -324,6 +324,33 @@ class CircuitBreaker(CallingStyles):
                 health_checks={"passed": self._checks_passed, "failed": self._checks_failed},
             )
 
+    def activity(self) -> tuple[int, CircuitState, float, int, int, int]:
+        """A cheap reading for collections: ``(activity, state, seconds, buffered, failures, slow)``.
+
+        ``activity`` grows with every outcome counted, rejection, fallback,
+        health check and transition, and stays the same otherwise: while it
+        does, every count ``snapshot()`` reports (calls, slow calls, fallbacks,
+        durations, health checks, the time spent in earlier stays) stays the
+        same. What an idle breaker still changes is the rest: ``seconds`` spent
+        in its current ``state`` since it was made (``snapshot().time_in_state``
+        for that state), and the window as it ages (``buffered`` calls,
+        ``failures`` and ``slow`` among them). Telemetry reads this for every
+        breaker at every collection and a ``snapshot()`` only when it changed.
+        Like ``snapshot()``, it moves an open breaker whose timeout elapsed to
+        half-open first.
+        """
+        self.state  # noqa: B018  (the open -> half-open move, if due)
+        with self._lock:
+            now = self._clock()
+            stay = self._current
+            total, failures, slow = stay.gauges(self, now)[:3]
+            activity = self._epoch + self._counters.total() + self._checks_passed + self._checks_failed
+            if isinstance(stay, _states.Closed):
+                activity += stay.fast_successes  # added to the counters when the stay ends, with a transition
+            state = stay.kind
+            seconds = self._state_time[_STATE_INDEX[state]] if self._state_time else 0.0
+            return activity, state, seconds + max(0.0, now - self._since), total, failures, slow
+
     def classify(self, exc: BaseException) -> Verdict | None:
         """How this breaker judges an exception: ``failure``, ``ignored`` or None.
 

@@ -82,6 +82,11 @@ class CallCounters:
         """Fallbacks served, by outcome."""
         return dict(zip(FALLBACK_OUTCOMES, self._fallbacks, strict=True))
 
+    def total(self) -> int:
+        """Every count here added up, rejections included: it grows with each one and
+        stays the same otherwise (the breaker's lock held; see ``rejected``)."""
+        return self.success + self.failure + self.ignored + sum(self._fallbacks) + self.rejected()
+
     def rejected(self) -> int:
         """Rejections so far (the breaker's lock held: reads must not interleave)."""
         taken = next(self.rejections) - self._reads

@@ -8,6 +8,7 @@ with a unique name and filters what it reads by that name.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import subprocess
@@ -319,6 +320,71 @@ def test_breakers_on_local_state_are_marked(otel: Otel, clock: FakeClock) -> Non
     stub.running_locally = True  # the store became unreachable
     assert otel.points("circuit_breaker.shared_state.local", shared_name) == {(): 1}
     assert otel.points("circuit_breaker.shared_state.local", local_name) == {}
+    del plain
+
+
+def test_an_idle_breaker_keeps_its_counts_and_its_clock_between_collections(otel: Otel, clock: FakeClock) -> None:
+    name = unique("idle")
+    breaker = CircuitBreaker(name, CircuitBreakerConfig(failure_threshold=2, window_size=60.0), clock=clock)
+    breaker.call(lambda: None)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="failure")] == 1
+    assert otel.points("circuit_breaker.buffered_calls", name) == {(): 2}
+    clock.advance(100.0)  # nothing happens: the counts stand, the time in state grows, the window ages
+    assert otel.points("circuit_breaker.calls", name) == {
+        key(outcome="success"): 1, key(outcome="failure"): 1, key(outcome="ignored"): 0, key(outcome="rejected"): 0}
+    assert otel.points("circuit_breaker.call.duration", name)[key(outcome="success")].count == 1
+    assert otel.points("circuit_breaker.time_in_state", name)[key(state="closed")] == pytest.approx(100.0)
+    assert otel.points("circuit_breaker.buffered_calls", name) == {(): 0}
+    assert otel.points("circuit_breaker.failure_rate", name) == {(): 0.0}
+    breaker.call(lambda: None)  # each kind of change is seen at the next collection
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 2
+    breaker.force_open()
+    assert otel.points("circuit_breaker.state", name)[key(state="forced_open")] == 1
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: None)  # counted without the breaker's lock
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="rejected")] == 1
+    breaker.count_fallback("refused")
+    assert otel.points("circuit_breaker.fallbacks", name)[key(outcome="refused")] == 1
+    clock.advance(7.0)
+    points = otel.points("circuit_breaker.time_in_state", name)
+    assert (points[key(state="closed")], points[key(state="forced_open")]) == (pytest.approx(100.0), pytest.approx(7.0))
+
+
+def test_a_new_breaker_under_an_old_name_reports_its_own_counts(otel: Otel, clock: FakeClock) -> None:
+    name = unique("again")
+    first = CircuitBreaker(name, CircuitBreakerConfig(ignore_exceptions=(KeyError,)), clock=clock)
+    first.call(lambda: None)
+    first.call(lambda: None)
+    assert otel.points("circuit_breaker.calls", name)[key(outcome="success")] == 2
+    del first
+    gc.collect()
+    second = CircuitBreaker(name, CircuitBreakerConfig(ignore_exceptions=(KeyError,)), clock=clock)
+    second.call(lambda: None)
+    with pytest.raises(KeyError):
+        second.call(lambda: {}["missing"])  # as much activity as the first one had, other counts
+    calls = otel.points("circuit_breaker.calls", name)
+    assert (calls[key(outcome="success")], calls[key(outcome="ignored")]) == (1, 1)
+
+
+def test_health_checks_count_by_outcome_for_breakers_with_a_check(otel: Otel, clock: FakeClock) -> None:
+    checked_name, plain_name = unique("checked"), unique("unchecked")
+    healthy = [True]
+    checked = CircuitBreaker(checked_name, clock=clock, health_check=lambda: healthy[0])
+    plain = CircuitBreaker(plain_name, clock=clock)
+    assert otel.points("circuit_breaker.health_checks", checked_name) == {
+        key(outcome="passed"): 0, key(outcome="failed"): 0}
+    assert checked.check_health() is True
+    healthy[0] = False
+    assert checked.check_health() is False
+    assert checked.check_health() is False
+    assert otel.points("circuit_breaker.health_checks", checked_name) == {
+        key(outcome="passed"): 1, key(outcome="failed"): 2}
+    metric = otel.metrics()["circuit_breaker.health_checks"]
+    assert metric.unit == "{check}" and metric.data.is_monotonic
+    # Without a check the counts are always 0: no series.
+    assert otel.points("circuit_breaker.health_checks", plain_name) == {}
     del plain
 
 

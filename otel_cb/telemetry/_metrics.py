@@ -5,9 +5,13 @@ itself, and the SDK's observable-instrument path costs 10-20 us per point at
 collection (an ``Observation``, an attribute-set lookup and an aggregation
 each): at 1,000 breakers and 22 points each, a quarter of a core at a 5 s
 interval. So the breakers keep plain counters and bucketed durations, and
-at each collection this module reads every breaker's ``snapshot()`` once and
-builds the finished ``Metric`` data itself: attribute dicts are made once per
-breaker name and reused, points are built without the dataclass ``__init__``.
+at each collection this module builds the finished ``Metric`` data itself:
+attribute dicts are made once per breaker name and reused, points are built
+without the dataclass ``__init__``, and a breaker is read with its cheap
+``activity()``, with a ``snapshot()`` only when that changed since the last
+collection (most of 1,000 breakers are idle between two collections: their
+counts are the ones kept from last time). ``circuit_breaker.health_checks``
+is left out for breakers without a health check (always 0: no information).
 
 The SDK has no public hook for pre-aggregated data; every reader (periodic
 exporter, Prometheus, in-memory) goes through ``_receive_metrics`` after a
@@ -32,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -54,6 +59,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .._breaker import BreakerSnapshot, CircuitBreaker
 from .._state import CircuitState
+from .._stats import HistogramData
 from .._version import __version__
 from ._names import ATTR_NAME, ATTR_OUTCOME, ATTR_PREVIOUS_STATE, ATTR_REASON, ATTR_STATE, COLLECTION_HOOK, SCOPE
 
@@ -76,6 +82,9 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "circuit_breaker.slow_call_rate": ("gauge", "1", "Slow share of the calls in the closed-state window (0..1)"),
     "circuit_breaker.buffered_calls": ("gauge", "{call}", "Calls the closed-state window holds"),
     "circuit_breaker.fallbacks": ("counter", "{call}", "Fallbacks served, by outcome (success, failure, refused)"),
+    "circuit_breaker.health_checks": ("counter", "{check}",
+                                      "Health checks run, by outcome (passed, failed); breakers with a health "
+                                      "check only"),
     "circuit_breaker.time_in_state": ("counter", "s", "Seconds spent in each state since the breaker was made"),
     "circuit_breaker.transitions": ("counter", "{transition}",
                                     "State transitions by previous state, state and reason"),
@@ -103,31 +112,44 @@ class Source(Protocol):
 
 
 _new = object.__new__
-# The number metrics, in the order of a breaker's flat value list (see _values).
+# The number metrics, in the order of a breaker's flat value list (see _Name.layout_for).
 _NUMBERS = ("circuit_breaker.calls", "circuit_breaker.slow_calls", "circuit_breaker.fallbacks",
-            "circuit_breaker.time_in_state", "circuit_breaker.state", "circuit_breaker.failure_rate",
-            "circuit_breaker.slow_call_rate", "circuit_breaker.buffered_calls")
-_CALLS, _SLOW, _FALLBACKS, _TIME, _STATE, _FAILURE_RATE, _SLOW_RATE, _BUFFERED = range(len(_NUMBERS))
+            "circuit_breaker.health_checks", "circuit_breaker.time_in_state", "circuit_breaker.state",
+            "circuit_breaker.failure_rate", "circuit_breaker.slow_call_rate", "circuit_breaker.buffered_calls")
+_CALLS, _SLOW, _FALLBACKS, _HEALTH, _TIME, _STATE, _FAILURE_RATE, _SLOW_RATE, _BUFFERED = range(len(_NUMBERS))
+
+Keys = tuple[tuple[Any, ...], ...]
+Layout = list[tuple[int, dict[str, str], int | None]]
 
 
 class _Name:
-    """What stays the same for one breaker name between collections: attributes, start time, layout.
+    """What one breaker name keeps between collections: attributes, start time, layout, last counts.
 
     ``layout`` says, for each value of the breaker's flat value list, which
     metric it belongs to, with which attributes and start time; it is made
-    once per name (and again only if the snapshot's keys change).
+    once per name (and again only if the snapshot's keys change). The counts
+    of the last ``snapshot()`` are kept with the breaker's ``activity()`` at
+    the time: while that stays the same, they are still the breaker's counts,
+    and an idle breaker costs its ``activity()`` and its points, no snapshot.
     """
 
-    __slots__ = ("alone", "keys", "layout", "name", "one_hot", "outcomes", "start")
+    __slots__ = ("activity", "alone", "counts", "durations", "keys", "layout", "name", "one_hot", "outcomes",
+                 "position", "ref", "seconds", "start")
 
     def __init__(self, name: str, start: int) -> None:
         self.name = name
         self.start = start
         self.alone = {ATTR_NAME: name}
-        self.keys: tuple[tuple[Any, ...], ...] = ()
-        self.layout: list[tuple[int, dict[str, str], int | None]] = []
+        self.keys: Keys = ()
+        self.layout: Layout = []
         self.one_hot: dict[CircuitState, tuple[int, ...]] = {}
+        self.position: dict[CircuitState, int] = {}
         self.outcomes: dict[str, dict[str, str]] = {}
+        self.activity: int | None = None  # None: the counts are not one breaker's (or not read yet)
+        self.ref: weakref.ref[CircuitBreaker] | None = None
+        self.counts: tuple[int, ...] = ()
+        self.seconds: list[float] = []
+        self.durations: dict[str, HistogramData] = {}
 
     def of_outcome(self, outcome: str) -> dict[str, str]:
         found = self.outcomes.get(outcome)
@@ -135,22 +157,45 @@ class _Name:
             found = self.outcomes[outcome] = {ATTR_NAME: self.name, ATTR_OUTCOME: outcome}
         return found
 
-    def layout_for(self, keys: tuple[tuple[Any, ...], ...]) -> list[tuple[int, dict[str, str], int | None]]:
+    def remember(self, snap: BreakerSnapshot, health: bool, breaker: CircuitBreaker | None,
+                 activity: int | None) -> None:
+        """Keep ``snap``'s counts, read when ``breaker`` had this ``activity`` (None: never reused)."""
+        calls, slow, fallbacks, checks, seconds = (snap.calls, snap.slow_calls, snap.fallbacks,
+                                                   snap.health_checks if health else {}, snap.time_in_state)
+        self.layout_for((tuple(calls), tuple(slow), tuple(fallbacks), tuple(checks), tuple(seconds)))
+        self.counts = (*calls.values(), *slow.values(), *fallbacks.values(), *checks.values())
+        self.seconds = list(seconds.values())
+        self.durations = snap.durations
+        self.activity = activity
+        if breaker is None:
+            self.ref = None
+        elif self.ref is None or self.ref() is not breaker:
+            self.ref = weakref.ref(breaker)
+
+    def layout_for(self, keys: Keys) -> Layout:
         """The layout for a snapshot whose dicts have these keys, in this order (calls, slow
-        calls, fallbacks, states); the states' order is also that of the one-hot state values."""
+        calls, fallbacks, health checks, states); the states' order is also that of the
+        one-hot state values and of ``seconds``."""
         if keys != self.keys:
             name, start, alone = self.name, self.start, self.alone
-            layout: list[tuple[int, dict[str, str], int | None]] = [
+            layout: Layout = [
                 (index, {ATTR_NAME: name, ATTR_OUTCOME: outcome}, start)
-                for index, outcomes in zip((_CALLS, _SLOW, _FALLBACKS), keys, strict=False) for outcome in outcomes]
-            states: tuple[CircuitState, ...] = keys[3]
+                for index, outcomes in zip((_CALLS, _SLOW, _FALLBACKS, _HEALTH), keys, strict=False)
+                for outcome in outcomes]
+            states: tuple[CircuitState, ...] = keys[4]
             by_state = [{ATTR_NAME: name, ATTR_STATE: state.value} for state in states]
             layout += [(_TIME, attributes, start) for attributes in by_state]
             layout += [(_STATE, attributes, None) for attributes in by_state]
             layout += [(_FAILURE_RATE, alone, None), (_SLOW_RATE, alone, None), (_BUFFERED, alone, None)]
             self.one_hot = {state: tuple(int(other is state) for other in states) for state in _STATES}
+            self.position = {state: index for index, state in enumerate(states)}
             self.keys, self.layout = keys, layout
         return self.layout
+
+
+# One breaker's numbers at a collection: its _Name (whose counts are current), the
+# seconds in each state, the state, the window gauges, 1/0 for running on local state.
+_Row = tuple[_Name, list[float], CircuitState, float, float, int, int | None]
 
 
 class _Collector:
@@ -167,39 +212,67 @@ class _Collector:
         with self._lock:
             return self._collect(source)
 
+    def _read(self, breakers: list[CircuitBreaker], now: int) -> tuple[dict[str, _Name], list[_Row]]:
+        """Every breaker's row, from its ``activity()`` alone while that stays the same."""
+        by_name: dict[str, CircuitBreaker] = {}
+        twins: dict[str, list[CircuitBreaker]] = {}
+        for breaker in breakers:
+            first = by_name.setdefault(breaker.name, breaker)
+            if first is not breaker:  # made outside the registry under a name in use
+                twins.setdefault(breaker.name, [first]).append(breaker)
+        names: dict[str, _Name] = {}
+        old = self._names
+        rows: list[_Row] = []
+        for name, breaker in by_name.items():
+            if name in twins:
+                continue
+            activity, state, seconds, buffered, failures, slow = breaker.activity()
+            cached = names[name] = old.get(name) or _Name(name, now)
+            ref = cached.ref
+            if activity == cached.activity and ref is not None and ref() is breaker:
+                times = cached.seconds.copy()
+                times[cached.position[state]] = seconds
+                failure_rate = failures / buffered if buffered else 0.0
+                slow_rate = slow / buffered if buffered else 0.0
+            else:
+                snap = breaker.snapshot()
+                cached.remember(snap, breaker.health_check is not None or any(snap.health_checks.values()),
+                                breaker, activity)
+                times, state, failure_rate, slow_rate, buffered = (cached.seconds, snap.state, snap.failure_rate,
+                                                                    snap.slow_call_rate, snap.buffered_calls)
+            rows.append((cached, times, state, failure_rate, slow_rate, buffered, _local(breaker)))
+        for name, group in twins.items():
+            # Their counts add up; for a gauge the last one stands; never reused (activity None).
+            snap, local = _merge_names([(breaker.snapshot(), _local(breaker)) for breaker in group])[0]
+            cached = names[name] = old.get(name) or _Name(name, now)
+            cached.remember(snap, any(snap.health_checks.values()), None, None)
+            rows.append((cached, cached.seconds, snap.state, snap.failure_rate, snap.slow_call_rate,
+                         snap.buffered_calls, local))
+        return names, rows
+
     def _collect(self, source: Source) -> list[Metric]:
         now = time.time_ns()
-        rows = []
-        for breaker in source.live_breakers():
-            shared = breaker.shared_state
-            rows.append((breaker.snapshot(), None if shared is None else int(bool(getattr(shared, "running_locally",
-                                                                                           False)))))
-        if len({snap.name for snap, _ in rows}) != len(rows):
-            rows = _merge_names(rows)
+        names, rows = self._read(source.live_breakers(), now)
         moves: dict[str, dict[tuple[str, str, str], int]] = {}
         for breaker, counts in source.transitions():
             mine = moves.setdefault(breaker.name, {})
             for key, count in counts.items():
                 mine[key] = mine.get(key, 0) + count
 
-        names, old = {}, self._names
         numbers: list[list[NumberDataPoint]] = [[] for _ in _NUMBERS]
         appenders = [points.append for points in numbers]
         transitions: list[NumberDataPoint] = []
         local_points: list[NumberDataPoint] = []
         durations: list[HistogramDataPoint] = []
-        new = _new
-        for snap, local in rows:
-            name, calls, slow, fallbacks, seconds = snap.name, snap.calls, snap.slow_calls, snap.fallbacks, \
-                snap.time_in_state
-            cached = names[name] = old.get(name) or _Name(name, now)
-            layout = cached.layout_for((tuple(calls), tuple(slow), tuple(fallbacks), tuple(seconds)))
-            values = (*calls.values(), *slow.values(), *fallbacks.values(), *seconds.values(),
-                      *cached.one_hot[snap.state], snap.failure_rate, snap.slow_call_rate, snap.buffered_calls)
-            for (index, attributes, start), value in zip(layout, values, strict=True):
+        new, point_class = _new, NumberDataPoint
+        no_moves: dict[tuple[str, str, str], int] = {}
+        for cached, times, state, failure_rate, slow_rate, buffered, local in rows:
+            name = cached.name
+            values = (*cached.counts, *times, *cached.one_hot[state], failure_rate, slow_rate, buffered)
+            for (index, attributes, start), value in zip(cached.layout, values, strict=True):
                 # The frozen dataclass's __init__ costs twice what the rest of
                 # the collection does per point; the same fields, set directly.
-                point = new(NumberDataPoint)
+                point = new(point_class)
                 fields = point.__dict__
                 fields["attributes"] = attributes
                 fields["start_time_unix_nano"] = start
@@ -209,10 +282,11 @@ class _Collector:
                 appenders[index](point)
             if local is not None:
                 local_points.append(NumberDataPoint(cached.alone, None, now, local))  # type: ignore[arg-type]
-            for (previous, state, reason), count in moves.get(name, {}).items():
-                transitions.append(NumberDataPoint({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous, ATTR_STATE: state,
-                                                    ATTR_REASON: reason}, cached.start, now, count))
-            for outcome, data in snap.durations.items():
+            for (previous, new_state, reason), count in moves.get(name, no_moves).items():
+                transitions.append(NumberDataPoint({ATTR_NAME: name, ATTR_PREVIOUS_STATE: previous,
+                                                    ATTR_STATE: new_state, ATTR_REASON: reason},
+                                                   cached.start, now, count))
+            for outcome, data in cached.durations.items():
                 histogram: HistogramDataPoint = new(HistogramDataPoint)
                 fields = histogram.__dict__
                 fields["attributes"] = cached.of_outcome(outcome)
@@ -236,6 +310,12 @@ class _Collector:
         return [_metric(name, found[name]) for name in METRICS if found[name]]
 
 
+def _local(breaker: CircuitBreaker) -> int | None:
+    """1 while a breaker with shared state runs on local state, 0 while on shared; None without."""
+    shared = breaker.shared_state
+    return None if shared is None else int(bool(getattr(shared, "running_locally", False)))
+
+
 def _merge_names(rows: list[tuple[BreakerSnapshot, int | None]]) -> list[tuple[BreakerSnapshot, int | None]]:
     """One row per name: breakers that share a name (made outside the registry) add up
     their counts; for a gauge the last one stands."""
@@ -250,6 +330,7 @@ def _merge_names(rows: list[tuple[BreakerSnapshot, int | None]]) -> list[tuple[B
             snap, calls=_add(first.calls, snap.calls), slow_calls=_add(first.slow_calls, snap.slow_calls),
             fallbacks=_add(first.fallbacks, snap.fallbacks),
             time_in_state=_add(first.time_in_state, snap.time_in_state),
+            health_checks=_add(first.health_checks, snap.health_checks),
             durations=_merge_durations(first.durations, snap.durations),
         ), first_local if local is None else local)
     return list(merged.values())
