@@ -46,6 +46,7 @@ __all__ = [
     "HTTPSettings",
     "judge_head",
     "serve_http_fallback",
+    "stale_cache_key",
     "StaleCache",
     "StaticResponse",
     "parse_failure_statuses",
@@ -380,6 +381,21 @@ def judge_head(call: Call, permit: Permit, response: object, status: int, header
     retry_after = retry_after_hint(status, headers.get("retry-after")) if verdict == "failure" else None
     permit.record(verdict, retry_after=retry_after)
     return None
+
+
+def stale_cache_key(fallback: object, call: Call, status: int,
+                    credentials: Callable[[object], Iterable[tuple[bytes, bytes]] | None],
+                    ) -> tuple[str, str, bytes] | None:
+    """The key a healthy response of ``call`` is kept under by a stale-cache fallback, for every HTTP client.
+
+    None when the fallback is no stale cache, the status no 2xx, the method never
+    cached, or ``credentials(call.request)`` (the client's Authorization and Cookie
+    headers, read only when needed) is None.
+    """
+    if not isinstance(fallback, StaleCache) or not 200 <= status < 300:
+        return None
+    headers = credentials(call.request)
+    return None if headers is None else fallback.key(call.method, call.url, headers)
 
 
 def serve_http_fallback(call: Call, breaker: CircuitBreaker, error: BaseException, accept: type[R],

@@ -37,6 +37,7 @@ from ._http_policy import (
     parse_fallback,
     serve_http_fallback,
     settings_of,
+    stale_cache_key,
 )
 
 __all__ = [
@@ -261,13 +262,9 @@ class _Exchange:
             if hooked is None:
                 return False
             self.hook_verdict = hooked
-            cache = self.settings.fallback
-            if isinstance(cache, StaleCache) and 200 <= status < 300:
-                request = self.call.request
-                if isinstance(request, httpx.Request):
-                    self.cache_key = cache.key(self.call.method, self.call.url, request.headers.raw)
-                    if self.cache_key is not None:
-                        self.chunks = []
+            self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _raw_headers)
+            if self.cache_key is not None:
+                self.chunks = []
             self.response = response
             return True
         except Exception:
@@ -346,6 +343,10 @@ class _Exchange:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
         return serve_http_fallback(self.call, self.breaker, error, httpx.Response, self.settings.fallback,
                                    _configured_response)
+
+
+def _raw_headers(request: object) -> list[tuple[bytes, bytes]] | None:
+    return request.headers.raw if isinstance(request, httpx.Request) else None
 
 
 def _configured_response(configured: StaleCache | StaticResponse, call: Call) -> httpx.Response | None:

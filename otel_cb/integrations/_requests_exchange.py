@@ -39,7 +39,15 @@ from ..plugin import (
     select_breaker,
 )
 from ._http_health import offer_health_check
-from ._http_policy import HTTPSettings, StaleCache, StaticResponse, judge_head, serve_http_fallback, settings_of
+from ._http_policy import (
+    HTTPSettings,
+    StaleCache,
+    StaticResponse,
+    judge_head,
+    serve_http_fallback,
+    settings_of,
+    stale_cache_key,
+)
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
 
@@ -186,11 +194,9 @@ class _Exchange:
             if hooked is None:
                 return response
             self.hook_verdict = hooked
-            cache = self.settings.fallback
-            if isinstance(cache, StaleCache) and 200 <= status < 300:
-                self.cache_key = cache.key(self.call.method, self.call.url, _credentials(self.call.request))
-                if self.cache_key is not None:
-                    self.chunks = []
+            self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _credentials)
+            if self.cache_key is not None:
+                self.chunks = []
             _PENDING[response] = self
         except Exception:
             log_once(("requests", "responded"), "otel-cb: classifying a requests response failed; counted as "
