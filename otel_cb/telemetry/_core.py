@@ -269,7 +269,9 @@ class _Telemetry:
                 record_exception=False, set_status_on_exception=False,
             ) as own:
                 self._state_change_events(own, attributes, line, opening)
-        logger.log(logging.WARNING if opening else logging.INFO, "%s", line)
+        # The record carries the event name, so a handler can tell transition lines from notices.
+        logger.log(logging.WARNING if opening else logging.INFO, "%s", line,
+                   extra={"otel_cb_event": STATE_CHANGE_EVENT})
 
     def _state_change_events(self, span: trace.Span, attributes: dict[str, str], line: str, opening: bool) -> None:
         if self.span_events:

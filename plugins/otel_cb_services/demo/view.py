@@ -12,7 +12,6 @@ out: the view prints each transition itself, once.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -121,20 +120,18 @@ def summary(final: list[Row], cycles: dict[str, list[str]], incidents: int, quar
 class _Notices(logging.Handler):
     """Routes the ``otel_cb`` logger's records to the view, without its state-change lines."""
 
-    # The line the telemetry logs for every transition ("circuit breaker 'x' closed -> open
-    # (consecutive_failures)"); the view prints those itself.
-    _TRANSITION = re.compile(r"^circuit breaker '[^']*' \w+ -> \w+ \(\w+\)")
+    # The telemetry's own transition lines carry this; the view prints transitions itself.
+    _TRANSITION = "circuit_breaker.state_change"
 
     def __init__(self, view: View) -> None:
         super().__init__(logging.INFO)
         self.view = view
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "otel_cb_event", None) == self._TRANSITION:
+            return
         try:
-            message = record.getMessage()
-            if self._TRANSITION.match(message):
-                return
-            self.view.line(message)
+            self.view.line(record.getMessage())
         except Exception:
             self.handleError(record)
 
