@@ -442,3 +442,9 @@ def test_endpoint_threads_are_daemons_and_named() -> None:
         assert thread.daemon
     finally:
         server.close()
+
+
+def test_a_command_never_prints_credentials_given_in_its_address(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--address", "http://operator:hunter2@127.0.0.1:1/x?token=hunter2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and "hunter2" not in err

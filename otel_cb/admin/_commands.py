@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from .._redact import mask
 from ._address import Address, parse_address
 from ._server import ADDRESS_ENV, PREFIX, TOKEN_ENV
 
@@ -158,12 +159,13 @@ def run(options: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"otel-cb: {message}", file=sys.stderr)
+    # An address given on the command line may carry credentials: every message is masked here.
+    print(mask(f"otel-cb: {message}"), file=sys.stderr)
     return EXIT_USAGE
 
 
 def _refused(status: int, answer: Mapping[str, Any]) -> int:
-    print(f"otel-cb: refused ({status}): {answer.get('error', 'no reason given')}", file=sys.stderr)
+    print(mask(f"otel-cb: refused ({status}): {answer.get('error', 'no reason given')}"), file=sys.stderr)
     return EXIT_REFUSED
 
 
