@@ -448,3 +448,9 @@ def test_a_command_never_prints_credentials_given_in_its_address(capsys: pytest.
     assert main(["status", "--address", "http://operator:hunter2@127.0.0.1:1/x?token=hunter2"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach" in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf", "9" * 400])
+def test_top_refuses_an_interval_out_of_range(interval: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["top", "--interval", interval, "--address", "127.0.0.1:1"]) == 2
+    assert "--interval must be above 0 and at most 3600 seconds" in capsys.readouterr().err

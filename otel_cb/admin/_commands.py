@@ -126,7 +126,8 @@ def add_commands(commands: Any) -> None:
     top = commands.add_parser("top", help="a live view of a running process's breakers")
     top.set_defaults(run=run)
     common(top)
-    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default 1)")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="refresh period, at most 3600 (default 1)")
     top.add_argument("--iterations", type=int, default=0, metavar="N", help="stop after N refreshes "
                      "(default: until Ctrl-C)")
 
@@ -150,8 +151,8 @@ def run(options: argparse.Namespace) -> int:
         if options.command == "status":
             return _status(address, token, options.json)
         if options.command == "top":
-            if options.interval <= 0 or options.iterations < 0:
-                return _fail("--interval must be above 0 and --iterations 0 or more")
+            if not 0 < options.interval <= 3600 or options.iterations < 0:
+                return _fail("--interval must be above 0 and at most 3600 seconds, --iterations 0 or more")
             return _top(address, token, options.interval, options.iterations)
         return _act(address, token, options.command, options.name, getattr(options, "fleet", False))
     except _Unreachable as exc:
