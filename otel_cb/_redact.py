@@ -27,6 +27,8 @@ __all__ = ["LOGGERS", "MaskingFilter", "is_secret_name", "mask", "origin", "show
 # scheme://userinfo@: up to the last '@' of the token, so an unencoded '/' or '@' in a password is masked too
 # (at worst a path holding an '@' is hidden with it).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s'\"]*@)")
+# user:password@host without a scheme (an address typed on a command line, a DSN fragment).
+_BARE_USERINFO = re.compile(r"(?<![\w/@])[^\s'\"/@:]+:[^\s'\"/@]*@")
 _SECRET_WORDS = ("password", "passwd", "pwd", "pass", "secret", "token", "access_token", "auth", "api_key",
                  "apikey", "api-key", "sslpassword", "client_secret", "credentials", "key")
 _NAME = (r"(?<![A-Za-z0-9_\-])(?:[A-Za-z0-9]+[_\-])*(?:" + "|".join(re.escape(p) for p in _SECRET_WORDS) + r")")
@@ -49,6 +51,7 @@ def mask(text: str) -> str:
     """Return ``text`` with URL user-info and password-like parameter values replaced by ``***``."""
     if "@" in text:
         text = _USERINFO.sub(r"\g<scheme>***@", text)
+        text = _BARE_USERINFO.sub("***@", text)
     if "=" in text:
         text = _PARAM.sub(r"\g<name>\g<sep>***", text)
     if ":" in text:

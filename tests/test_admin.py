@@ -454,3 +454,12 @@ def test_a_command_never_prints_credentials_given_in_its_address(capsys: pytest.
 def test_top_refuses_an_interval_out_of_range(interval: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["top", "--interval", interval, "--address", "127.0.0.1:1"]) == 2
     assert "--interval must be above 0 and at most 3600 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["user:hunter2@[::1", "user:hunter2@127.0.0.1:9466", "bad host:9466"])
+def test_an_admin_address_with_a_malformed_host_is_refused_without_its_secret(value: str) -> None:
+    from otel_cb.admin._address import parse_address
+
+    with pytest.raises(ValueError, match="is not allowed") as caught:
+        parse_address(value)
+    assert "hunter2" not in str(caught.value)

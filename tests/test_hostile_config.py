@@ -326,6 +326,7 @@ def test_a_malformed_url_names_the_field_and_a_masked_value(tmp_path: Path,
     ("https://h/?X-Api-Key=hunter2&page=2", "https://h/?X-Api-Key=***&page=2"),
     ("a@b.example and monkey=1", "a@b.example and monkey=1"),
     ("redis://u:pa/ss@h:1/0", "redis://***@h:1/0"),
+    ("--admin-address 'user:hunter2@[::1'", "--admin-address '***@[::1'"),
     ("{'password': 'hunter2', \"api_key\": 5}", "{'password': '***', \"api_key\": '***'}"),
 ])
 def test_mask(text: str, masked: str) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
+
+from .._redact import shown
 
 __all__ = ["Address", "parse_address"]
 
@@ -40,6 +43,10 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# A host name, an IPv4 address or an IPv6 address (brackets already stripped, zone allowed).
+_HOST = re.compile(r"^[A-Za-z0-9.:%_-]{1,253}$")
+
+
 def parse_address(value: str, *, pid: int | None = None) -> Address:
     """Parse an address, ``{pid}`` replaced by ``pid`` (default: this process's).
 
@@ -47,18 +54,20 @@ def parse_address(value: str, *, pid: int | None = None) -> Address:
         ValueError: naming the value and what is allowed.
     """
     if not isinstance(value, str) or not value.strip() or len(value) > 300:
-        raise ValueError(f"admin address: {str(value)[:60]!r} is not allowed; use PORT, HOST:PORT or a unix "
+        raise ValueError(f"admin address: {shown(value)} is not allowed; use PORT, HOST:PORT or a unix "
                          "socket path (unix:/path)")
     text = value.strip().replace("{pid}", str(os.getpid() if pid is None else pid))
     if text.startswith("unix:") or "/" in text:
         path = text[5:] if text.startswith("unix:") else text
         if not path or "\0" in path:
-            raise ValueError(f"admin address: {value[:60]!r} is not allowed; a unix socket needs a path")
+            raise ValueError(f"admin address: {shown(value)} is not allowed; a unix socket needs a path")
         return Address(path=path)
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
+    if not _HOST.match(host):
+        raise ValueError(f"admin address: {shown(value)} is not allowed; the host must be a name or an IP address")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"admin address: {value[:60]!r} is not allowed; the port must be 0 to 65535")
+        raise ValueError(f"admin address: {shown(value)} is not allowed; the port must be 0 to 65535")
     return Address(host=host, port=int(port_text))
