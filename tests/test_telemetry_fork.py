@@ -26,6 +26,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import otel_cb._breaker
 
 from .otlp_receiver import grpc_receiver
@@ -144,3 +146,60 @@ def _stuck_in(dump: str) -> str:
         if frames and frames[-1].endswith("in <module>"):
             return frames[0]
     return ""
+
+
+QUIET_OR_BUSY = textwrap.dedent("""
+    import os, sys, time
+    from opentelemetry import trace
+    import otel_cb.telemetry as telemetry
+    from otel_cb.telemetry import _configure
+
+    _configure._GRPC_SETTLE = 0.2  # the test's own settle time, to keep it short
+    telemetry.configure()
+    tracer = trace.get_tracer("fork_test")
+    with tracer.start_as_current_span("parent"):
+        pass
+    assert trace.get_tracer_provider().force_flush()  # an export over gRPC: the channel is live
+    if sys.argv[1] != "busy":
+        time.sleep(0.5)  # past the settle time: gRPC's fork handlers can run
+    if sys.argv[1] == "grpc_thread":  # the application's own thread waits inside grpc
+        import grpc, threading
+        waiting = grpc.channel_ready_future(grpc.insecure_channel("127.0.0.1:1"))
+        threading.Thread(target=lambda: waiting.exception(timeout=5), daemon=True).start()
+        time.sleep(0.1)
+    pid = os.fork()
+    if pid == 0:
+        with tracer.start_as_current_span("child_" + sys.argv[1]):
+            pass
+        trace.get_tracer_provider().force_flush()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status))
+""")
+
+
+def _fork_after_export(mode: str) -> tuple[int, str, list[str]]:
+    with grpc_receiver() as received:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = received.endpoint
+        result = subprocess.run([sys.executable, "-c", QUIET_OR_BUSY, mode], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-3000:]
+        received.wait_for(lambda r: any(span.name.startswith("child_") for span in r.spans()), timeout=2.0)
+        names = [span.name for span in received.spans()]
+    return int(result.stdout.split()[-1]), result.stderr, names
+
+
+def test_a_child_forked_while_grpc_is_quiet_exports_its_spans_over_grpc() -> None:
+    status, stderr, names = _fork_after_export("quiet")
+    assert status == 0
+    assert "child_quiet" in names and "parent" in names
+    assert "sends no telemetry over gRPC" not in stderr
+
+
+@pytest.mark.parametrize("busy", ["busy", "grpc_thread"], ids=["just_after_an_export", "while_a_thread_is_in_grpc"])
+def test_a_child_forked_while_grpc_is_busy_sends_nothing_over_grpc_and_says_so_once(busy: str) -> None:
+    status, stderr, names = _fork_after_export(busy)
+    assert status == 0
+    assert f"child_{busy}" not in names and "parent" in names
+    assert stderr.count("sends no telemetry over gRPC") == 1

@@ -17,11 +17,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from opentelemetry import _logs, metrics, trace
@@ -381,6 +383,7 @@ class _Noticing:
         self._shut = False
         self._forked = False
         self._in_flight = 0
+        self._last_active = -_GRPC_SETTLE  # monotonic time an export last started or ended
         self.grpc = type(self._exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
         self.shutting_down = False
         _wrappers.add(self)
@@ -396,10 +399,12 @@ class _Noticing:
             # Known to fail: the final flush of a collector that is down is dropped at once.
             return False
         self._in_flight += 1
+        self._last_active = time.monotonic()
         try:
             ok = export(self._inner()) is success
         finally:
             self._in_flight -= 1
+            self._last_active = time.monotonic()
         self._notice.result(ok, quiet=self.shutting_down)
         return ok
 
@@ -563,21 +568,51 @@ def _mute_exporter_retries() -> None:
             noisy.addFilter(_retry_filter)
 
 
+_GRPC_SETTLE = 1.0
+"""Seconds after an export during which gRPC's own threads may still work on its channel.
+
+gRPC runs its fork handlers only when no thread is inside it; when it skips
+them, the child's gRPC state is the parent's mid-operation and the child's
+first gRPC call aborts the process (``Check failed`` in the poller). Besides
+the export itself, gRPC finishes a call on its own threads (stream cleanup,
+transport reads and writes) shortly after the call has returned, where no
+Python code can see it: a fork that close to an export is treated as busy.
+"""
 _grpc_busy_at_fork = False
+
+
+def _grpc_busy() -> bool:
+    """Whether gRPC may be mid-operation in this process: then a child must not use it."""
+    ours = [wrapper for wrapper in list(_wrappers) if wrapper.grpc and not wrapper._shut]
+    if not ours:
+        return False  # nothing of ours would use gRPC in the child
+    now = time.monotonic()
+    if any(wrapper._in_flight or now - wrapper._last_active < _GRPC_SETTLE for wrapper in ours):
+        return True
+    # Any other thread inside grpc (the application's own calls, a channel's polling thread).
+    me = threading.get_ident()
+    for ident, top in sys._current_frames().items():
+        frame: FrameType | None = top if ident != me else None
+        while frame is not None:
+            if str(frame.f_globals.get("__name__", "")).partition(".")[0] == "grpc":
+                return True
+            frame = frame.f_back
+    return False
 
 
 def _before_fork() -> None:
     global _grpc_busy_at_fork
-    _grpc_busy_at_fork = any(wrapper.grpc and wrapper._in_flight for wrapper in list(_wrappers))
+    _grpc_busy_at_fork = _grpc_busy()
 
 
 def _after_fork_in_child() -> None:
     wrappers = list(_wrappers)
     for wrapper in wrappers:
         wrapper._after_fork(_grpc_busy_at_fork)
-    if _grpc_busy_at_fork and any(wrapper.grpc for wrapper in wrappers):
-        logger.warning("otel-cb telemetry: this process was forked while exporting over OTLP/gRPC, which gRPC "
-                       "cannot survive; it sends no telemetry over gRPC (use http/protobuf for forking servers)")
+    if _grpc_busy_at_fork:
+        logger.warning("otel-cb telemetry: this process was forked while gRPC was busy in its parent (an OTLP/gRPC "
+                       "export within the last second, or another thread inside grpc), which gRPC cannot survive; "
+                       "it sends no telemetry over gRPC (use http/protobuf for forking servers)")
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
