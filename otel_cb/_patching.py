@@ -101,15 +101,14 @@ def _on_import(module: ModuleType) -> None:
 def _apply_one(patch: Patch, module: ModuleType) -> None:
     if patch in _applied or patch in _failed:
         return
-    switch = _Switch(patch.wrapper)
     try:
-        handle = _wrap_innermost(module, patch.target, switch)
+        handle = _wrap_innermost(module, patch.target, _Switch(patch.wrapper))
     except Exception as exc:
         _failed.add(patch)
         logger.warning("otel-cb: integration %r cannot patch %s.%s (%s: %s); calls through it are not protected",
                        patch.integration, patch.module, patch.target, type(exc).__name__, exc)
         return
-    _applied[patch] = (module, handle, switch)
+    _applied[patch] = (module, handle, handle._self_wrapper)
 
 
 def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
@@ -119,6 +118,13 @@ def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
     whichever order the two were applied, keeps the breaker inside their
     client span. Anything that is not a wrapt wrapper ends the descent: we
     cannot rewire it, so we wrap above it.
+
+    A function reachable under two names (``asyncpg.connect`` is
+    ``asyncpg.connection.connect``, bound when the package imported the
+    already patched module) gets one layer: when the descent meets our layer
+    of the same plugin wrapper, that layer is the handle of this patch too.
+    Two layers would judge one call twice, and the outer one, refusing,
+    would drop the inner one's started call unawaited.
     """
     import wrapt
 
@@ -127,6 +133,9 @@ def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
     for _ in range(64):  # a bound on pathological chains
         if not issubclass(type(node), wrapt.BaseObjectProxy) or _is_bound_copy(node):
             break
+        ours = getattr(node, "_self_wrapper", None)
+        if isinstance(ours, _Switch) and ours.wrapper is switch.wrapper:
+            return node
         layer, node = node, node.__wrapped__
     if layer is None:
         return wrapt.wrap_function_wrapper(module, target, switch)

@@ -146,3 +146,48 @@ def test_patched_methods_look_like_the_originals_to_inspect() -> None:
             assert patched.__name__ == original.__name__
             assert inspect.iscoroutinefunction(patched) == inspect.iscoroutinefunction(original), patch.target
             assert inspect.signature(patched) == inspect.signature(original), patch.target
+
+
+TWO_NAMES = """
+import asyncio, gc, sys, warnings
+import wrapt
+import otel_cb
+otel_cb.instrument({"circuit_breakers": {"defaults": {"failure_threshold": 1, "adaptive": False}}})
+import asyncpg  # imported after instrument(): the post-import hooks patch asyncpg.connection first
+
+def layers(function):
+    count = 0
+    while isinstance(function, wrapt.BaseObjectProxy):
+        count += isinstance(getattr(function, "_self_wrapper", None), otel_cb._patching._Switch)
+        function = function.__wrapped__
+    return count, function
+
+assert asyncpg.connect is asyncpg.connection.connect
+assert layers(asyncpg.connect)[0] == 1, layers(asyncpg.connect)
+original = layers(asyncpg.connect)[1]
+
+async def main():
+    for expected in (OSError, otel_cb.CircuitOpenError, otel_cb.CircuitOpenError):
+        try:
+            await asyncpg.connect("postgresql://postgres@127.0.0.1:1/x", timeout=5)
+        except expected:
+            pass
+    gc.collect()
+
+asyncio.run(main())
+otel_cb.uninstrument()
+assert asyncpg.connect is original and asyncpg.connection.connect is original
+print("ok")
+"""
+
+
+def test_connect_under_its_two_names_is_one_layer_and_a_refusal_leaves_no_coroutine_unawaited() -> None:
+    # asyncpg.connect is asyncpg.connection.connect: two patches, one function. Two layers made the
+    # outer one, refusing, drop the inner one's already created coroutine: "never awaited" warnings.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-X", "dev", "-W", "error", "-c", TWO_NAMES], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "never awaited" not in result.stderr, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

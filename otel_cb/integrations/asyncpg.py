@@ -360,9 +360,10 @@ _PREPARED_METHODS = ("fetch", "fetchval", "fetchrow", "fetchmany", "executemany"
 
 
 def _patches() -> list[Patch]:
+    connect = _protecting("connect", _target_of_connect)  # one wrapper: both names are one function
     patches = [
-        Patch("asyncpg", "connect", _protecting("connect", _target_of_connect), "asyncpg"),
-        Patch("asyncpg.connection", "connect", _protecting("connect", _target_of_connect), "asyncpg"),
+        Patch("asyncpg", "connect", connect, "asyncpg"),
+        Patch("asyncpg.connection", "connect", connect, "asyncpg"),
         Patch("asyncpg.pool", "Pool._initialize", _protecting("connect", _target_of_pool), "asyncpg"),
         Patch("asyncpg.pool", "Pool._acquire", _protecting("acquire", _target_of_pool), "asyncpg"),
         Patch("asyncpg.connection", "Connection.prepare", _protecting("prepare", _target_of_connection), "asyncpg"),
