@@ -374,6 +374,31 @@ def test_instrumented_settings_decide_classification(postgres_dsn: str) -> None:
     assert breaker.snapshot().calls["ignored"] == 3
 
 
+@pytest.mark.parametrize("section, verdict", [({}, "failure"),
+                                              ({"ignore_exceptions": ["asyncio.TimeoutError"]}, "ignored")],
+                         ids=["counted_by_default", "ignored_when_the_section_says_so"])
+def test_a_callers_own_timeout_counts_unless_the_section_ignores_it(postgres_dsn: str, section: dict[str, object],
+                                                                     verdict: str) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.execute("SELECT pg_sleep(1)", timeout=0.05)
+            assert await conn.fetchval("SELECT 1") == 1  # asyncpg cancelled the query: the connection works
+        finally:
+            await conn.close()
+
+    otel_cb.instrument({"circuit_breakers": {"timeouts_db": {"match": {"db": [_target(postgres_dsn)]}, **section}},
+                        "auto_breakers": {"enabled": False}}, disabled=_others())
+    try:
+        asyncio.run(main())
+        calls = otel_cb.registry.get("timeouts_db").snapshot().calls
+    finally:
+        otel_cb.uninstrument()
+        otel_cb.registry.remove("timeouts_db")
+    assert calls[verdict] == 1
+
+
 class DatabasePolicy:
     """A plugin: syntax errors count as failures; an open breaker serves -1."""
 
