@@ -428,8 +428,7 @@ class CircuitBreaker(CallingStyles):
             stay = self._current
             if isinstance(stay, _states.Open):  # the current stay takes the new terms at once
                 now = self._clock()
-                stay.checked_until = None if check is None else now + self._config.max_open_timeout
-                stay.trusted = self._check_trusted
+                stay.take_terms(None if check is None else now + self._config.max_open_timeout, self._check_trusted)
         self._watch_health()
 
     def check_health(self) -> bool:

@@ -40,7 +40,8 @@ Where things live:
   lock round trip, no allocation (the adaptive detector reads the successes
   from ``fast_successes`` when the next failure comes).
 - ``Open``: the deadline, the health-check results of the stay, and
-  ``may_probe(now)``, the one decision "may a probe go now?": the open timeout
+  ``may_probe(now)``, the one decision "may a probe go now?" (worked out
+  ahead as ``probe_at`` by ``reckon`` whenever the stay's terms change): the open timeout
   has elapsed; with a trusted health check attached, only its passes open the
   way (``health_result``: ``healthy_threshold`` passes move to half-open at
   once); after a failed health-check confirmation the check only vetoes;
@@ -84,6 +85,10 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
 NO_RESULT: object = object()  # ``on_success`` without a returned value to judge
+# The observer hook told of a rejection. Rejecting tests for the hook, not for
+# observers at all: telemetry, on by default, stays registered but drops this
+# hook while nothing could take a rejection (no tracer or logger provider).
+_REJECTED = "call_rejected"
 
 
 class FailureDetector(Protocol):
@@ -346,31 +351,45 @@ class Open(State):
     ``checked_until`` is None without a health check; with one, the time at
     which timed probing resumes whatever the check says (``max_open_timeout``
     after opening). ``trusted``: the check's passes alone open the way (it
-    has not failed a confirmation since the last close).
+    has not failed a confirmation since the last close). ``probe_at``: the
+    time from which a probe may go, worked out from those (``reckon``)
+    whenever one of them changes, so that rejecting reads one field.
     """
 
-    __slots__ = ("until", "timeout", "checked_until", "trusted", "passes", "failing")
+    __slots__ = ("until", "timeout", "checked_until", "trusted", "passes", "failing", "probe_at")
 
     def __init__(self, until: float, timeout: float, reopenings: int, *,
                  checked_until: float | None = None, trusted: bool = True) -> None:
         super().__init__(_OPEN, reopenings)
         self.until = until
         self.timeout = timeout
-        self.checked_until = checked_until
-        self.trusted = trusted
         self.passes = 0  # consecutive passed health checks
         self.failing = False  # the last health check failed
+        self.take_terms(checked_until, trusted)
 
-    def may_probe(self, now: float) -> bool:
-        """May a probe go at ``now``? The one place this is decided. Read without
-        the lock: each field is written whole, and a stale read only delays or
-        advances one probe by one check."""
+    def take_terms(self, checked_until: float | None, trusted: bool) -> None:
+        """A health check's terms for this stay (None: no check). Lock held, or not yet shared."""
+        self.checked_until = checked_until
+        self.trusted = trusted
+        self.reckon()
+
+    def reckon(self) -> None:
+        """Work out ``probe_at``, the one place "may a probe go?" is decided: the
+        open timeout elapsed; with a trusted health check, or one whose last
+        check failed, only ``max_open_timeout`` after opening (the check's
+        passes end the stay sooner: ``health_result``). Lock held."""
         checked_until = self.checked_until
         if checked_until is None:
-            return now >= self.until
-        if now >= checked_until:
-            return True  # the check has had max_open_timeout: timed probing resumes
-        return not self.trusted and not self.failing and now >= self.until
+            self.probe_at = self.until
+        elif self.trusted or self.failing:
+            self.probe_at = checked_until  # until then the check's word holds
+        else:
+            self.probe_at = min(self.until, checked_until)
+
+    def may_probe(self, now: float) -> bool:
+        """May a probe go at ``now``? Read without the lock: ``probe_at`` is
+        written whole, and a stale read only delays or advances one probe by one check."""
+        return now >= self.probe_at
 
     def health_result(self, breaker: CircuitBreaker, passed: bool, now: float) -> StateChangeEvent | None:
         """One health check's result; half-open at once after ``healthy_threshold``
@@ -378,22 +397,27 @@ class Open(State):
         if not passed:
             self.passes = 0
             self.failing = True
+            self.reckon()
             return None
         self.passes += 1
         self.failing = False
+        self.reckon()
         if self.checked_until is not None and self.trusted and self.passes >= breaker._config.healthy_threshold:
             return enter(breaker, HalfOpen(self.reopenings, pre_empted=self.until), Reason.HEALTH_CHECK_PASSED, now)
         return None
 
     def admit(self, breaker: CircuitBreaker) -> State:
         now = breaker._clock()
-        if not self.may_probe(now):
-            # Rejecting while open takes no lock: the hot path while open.
+        # Before ``probe_at`` the answer is no without asking ``may_probe`` (one
+        # frame fewer on the hot path while open); from then on ``may_probe``
+        # has the word (a yes, unless a subclass or a test says otherwise).
+        if now < self.probe_at or not self.may_probe(now):
+            # Rejecting while open takes no lock.
             next(breaker._counters.rejections)
             retry = self.until - now
             if retry < 0.0:  # a trusted health check holds the breaker open past its timeout
                 retry = 0.0
-            if _observers.observers:
+            if _REJECTED in _observers._hooks:
                 _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, retry))
             # Raised unnamed: no error -> traceback -> frame -> error cycle, so it is freed at once.
             raise CircuitOpenError(breaker.name, _OPEN, retry)
@@ -503,7 +527,7 @@ class ForcedOpen(State):
 
     def admit(self, breaker: CircuitBreaker) -> State:
         next(breaker._counters.rejections)
-        if _observers.observers:
+        if _REJECTED in _observers._hooks:
             _raise_observed(breaker, CircuitOpenError(breaker.name, _FORCED_OPEN, None))
         raise CircuitOpenError(breaker.name, _FORCED_OPEN, None)  # unnamed: see Open.admit
 
