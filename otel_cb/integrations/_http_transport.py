@@ -162,7 +162,7 @@ class _Router:
                           "request goes out unprotected", type(breaker).__name__)
                 return None
             settings = settings_of(breaker)
-            offer_health_check(breaker, call, "httpx")
+            offer_health_check(breaker, call, "httpx", settings.health_check)
             if self._statuses is not None or self._fallback is not None:
                 settings = HTTPSettings(
                     settings.failure_statuses if self._statuses is None else self._statuses,
@@ -210,7 +210,7 @@ class _Exchange:
             if served is None:
                 raise http_error from None
             return served
-        annotate_span(self.breaker, self.breaker.state)
+        annotate_span(self.breaker)
         self.token = _GUARDED.set(True)
         return None
 
