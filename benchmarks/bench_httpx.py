@@ -5,16 +5,27 @@ provider (spans recorded, not exported) and otel-cb's telemetry enabled,
 against the same loopback HTTP/1.1 server (``tests/http_server.py`` in a
 process of its own, keep-alive). The patched side adds otel-cb's wrapper
 inside OpenTelemetry's, with a breaker per destination routed through the
-plugin helpers. Rounds alternate between the two sides (ABBA) so drift in the
+plugin helpers. Rounds alternate between the sides (ABBA) so drift in the
 machine's load hits both alike; the extra wall time is the median over rounds
 of each round's patched/unpatched ratio (pairing cancels drift), shown next
 to each side's best round. The layer alone is the patched wrapper around an
 inner transport that answers at once with a streamed body (read and closed,
 as a client does), inside a recording span, minus the same without the
-wrapper: the median of paired batches. Of it, OpenTelemetry's own attribute
-handling is timed apart (``span.set_attributes`` of the two breaker
-attributes on an SDK span). Targets: at most 2% more wall time; the layer at
-most 10 us per request.
+wrapper: the median of paired batches, in CPU time of the thread. Of it,
+OpenTelemetry's own attribute handling is timed apart (``span.set_attributes``
+of the two breaker attributes on an SDK span). Targets: at most 2% more wall
+time; the layer at most 10 us per request.
+
+Old against new: set ``OTEL_CB_BENCH_BASELINE`` to a copy of an earlier
+``otel_cb`` package under another name (see ``bench_core``), and that copy is
+one more patched side in the same rounds and the same layer batches, with the
+median of the paired new/old ratios::
+
+    mkdir -p /tmp/base && git archive main otel_cb | tar -x -C /tmp/base
+    mv /tmp/base/otel_cb /tmp/base/otel_cb_main
+    OTEL_CB_BENCH_BASELINE=/tmp/base/otel_cb_main .venv/bin/python -m benchmarks.run --only bench_httpx
+
+``bench_requests`` runs the same way and shares this module's set-up.
 
 The section runs in a subprocess: it installs global OpenTelemetry providers
 and patches httpx for the whole process.
@@ -24,10 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import importlib
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +52,185 @@ TITLE = "httpx: per-request cost of the patched client (both with OpenTelemetry'
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.02
 LAYER_TARGET = 10e-6
+BASELINE_ENV = "OTEL_CB_BENCH_BASELINE"
+UNPATCHED = "unpatched"
+ATTRIBUTES = {"circuit_breaker.name": "http_8080", "circuit_breaker.state": "closed"}
+
+# side -> [(wall seconds, client CPU seconds) per request, one per round]
+Rounds = dict[str, list[tuple[float, float]]]
 
 
 def run(quick: bool) -> str:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_httpx", "quick" if quick else "full"],
+    return run_child("benchmarks.bench_httpx", quick)
+
+
+def run_child(module: str, quick: bool) -> str:
+    result = subprocess.run([sys.executable, "-m", module, "quick" if quick else "full"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        raise RuntimeError(f"bench_httpx failed:\n{result.stderr}")
+        raise RuntimeError(f"{module} failed:\n{result.stderr}")
     return result.stdout
 
 
+# -- set-up shared with bench_requests ---------------------------------------------------
+
+
+def set_up() -> list[str]:
+    """Install the SDK tracer provider; activate otel-cb (and the baseline copy, if any). Returns the packages."""
+    sys.path.insert(0, str(ROOT))
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    packages = ["otel_cb"]
+    baseline = os.environ.get(BASELINE_ENV)
+    if baseline:
+        path = Path(baseline).resolve()
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        packages.append(path.name)
+    for package in packages:
+        _activate(package)
+    return packages
+
+
+def _activate(package: str) -> None:
+    """otel-cb's telemetry on, and a breaker per destination routed through the plugin helpers."""
+    root = importlib.import_module(package)
+    importlib.import_module(f"{package}.telemetry").enable()
+    plugins = importlib.import_module(f"{package}._plugins")
+    hookimpl = importlib.import_module(f"{package}.plugin").hookimpl
+
+    class PerDestination:
+        @hookimpl  # type: ignore[misc]
+        def otel_cb_select_breaker(self, call: Any) -> str:
+            return f"http_{call.target.rsplit(':', 1)[-1]}"
+
+    manager = plugins.new_manager()
+    manager.register(PerDestination(), name="per_destination")
+    plugins.activate(plugins.Active(manager, root.CircuitBreakerRegistry(), root.CircuitBreakerConfig(), {}))
+
+
+@contextlib.contextmanager
+def server_process() -> Iterator[str]:
+    """The loopback server in a process of its own, so it does not compete with the client for the GIL."""
+    code = ("import sys; from tests.http_server import FaultServer; server = FaultServer().start(); "
+            "print(server.url, flush=True); sys.stdin.read()")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def timed_rounds(sides: dict[str, Callable[[], None]], batches: dict[str, Callable[[int], None]], rounds: int,
+                 requests: int) -> dict[str, Rounds]:
+    """Per kind of batch, per side: wall and CPU time per request of each round.
+
+    Each round switches to every side in turn, forwards in even rounds and
+    backwards in odd ones (ABBA), and runs each batch after ten warm-up requests.
+    """
+    results: dict[str, Rounds] = {kind: {side: [] for side in sides} for kind in batches}
+    order = list(sides)
+    for number in range(rounds):
+        for side in order if number % 2 == 0 else order[::-1]:
+            sides[side]()
+            for kind, batch in batches.items():
+                batch(10)  # warm the connection and the route
+                wall, cpu = time.perf_counter(), time.process_time()
+                batch(requests)
+                results[kind][side].append(((time.perf_counter() - wall) / requests,
+                                            (time.process_time() - cpu) / requests))
+    return results
+
+
+def layer_costs(bare: Callable[[], None], wrapped: dict[str, Callable[[], None]],
+                enter: Callable[[str], None], calls: int) -> tuple[dict[str, float], float]:
+    """Per package: the median over paired batches of (wrapped - bare) per request; and OpenTelemetry's share.
+
+    CPU time of this thread (the layer does no I/O), so other processes' load
+    does not count; the collector is off during a batch. Each round times the
+    bare batch and every wrapped one, in an order that alternates, inside one
+    recording span, as under OpenTelemetry's client instrumentation.
+    ``enter(side)`` switches patches a side needs around the call
+    (``UNPATCHED`` for the bare batch). The share: ``span.set_attributes`` of
+    the two breaker attributes on the same span.
+    """
+    from opentelemetry import trace
+
+    def batch(fn: Callable[[], None], count: int) -> float:
+        gc.disable()
+        try:
+            start = time.thread_time()
+            for _ in range(count):
+                fn()
+            return (time.thread_time() - start) / count
+        finally:
+            gc.enable()
+
+    rounds, per_batch = 15, max(calls // 15, 50)
+    sides = {UNPATCHED: bare, **wrapped}
+    order = list(sides)
+    differences: dict[str, list[float]] = {package: [] for package in wrapped}
+    with trace.get_tracer("bench_layer").start_as_current_span("client") as span:
+        for side, fn in sides.items():
+            enter(side)
+            batch(fn, per_batch)
+        for number in range(rounds):
+            timings = {}
+            for side in order if number % 2 == 0 else order[::-1]:
+                enter(side)
+                timings[side] = batch(sides[side], per_batch)
+            for package in wrapped:
+                differences[package].append(timings[package] - timings[UNPATCHED])
+        enter(UNPATCHED)
+        share = median([batch(lambda: span.set_attributes(ATTRIBUTES), per_batch) for _ in range(rounds)])
+    return {package: median(values) for package, values in differences.items()}, share
+
+
+def table(client: str, results: dict[str, Rounds], layers: dict[str, float], share: float) -> list[str]:
+    """The markdown rows: per kind of batch and per patched package, against the unpatched side."""
+    packages = list(layers)
+    lines = ["| client | unpatched (best round) | patched (best round) | extra wall time (median of paired rounds) | "
+             "extra client CPU (median) | otel-cb layer alone (of which OpenTelemetry's attributes) | "
+             "layer / request | target |", "|---|---|---|---|---|---|---|---|"]
+    for kind, by_side in results.items():
+        base = by_side[UNPATCHED]
+        request = median([wall for wall, _ in base])
+        for package in packages:
+            pairs = list(zip(base, by_side[package], strict=True))
+            ratio = median([p[0] / u[0] for u, p in pairs])
+            extra_cpu = median([p[1] - u[1] for u, p in pairs])
+            label = f"{client} {kind}" + (f" ({package})" if len(packages) > 1 else "")
+            lines.append(f"| {label} | {min(base)[0] * 1e6:.1f} us | {min(by_side[package])[0] * 1e6:.1f} us | "
+                         f"{(ratio - 1) * 100:+.1f}% | {extra_cpu * 1e6:+.1f} us | "
+                         f"{layers[package] * 1e6:.2f} us ({share * 1e6:.2f} us) | "
+                         f"{layers[package] / request * 100:.2f}% | "
+                         f"<= {TARGET * 100:.0f}%, <= {LAYER_TARGET * 1e6:.0f} us |")
+    if len(packages) > 1:
+        new, old = packages
+        lines.append("")
+        for kind, by_side in results.items():
+            ratio = median([n[0] / o[0] for n, o in zip(by_side[new], by_side[old], strict=True)])
+            lines.append(f"{client} {kind}: {new} / {old}, median of paired rounds: {(ratio - 1) * 100:+.1f}% wall "
+                         f"time per request; layer {layers[new] * 1e6:.2f} us against {layers[old] * 1e6:.2f} us.")
+    return lines
+
+
+# -- httpx ------------------------------------------------------------------------------------
+
+
 class _Sides:
-    """Switches otel-cb's patch in and out beneath OpenTelemetry's instrumentor."""
+    """Switches otel-cb's patch (of one package) in and out beneath OpenTelemetry's instrumentor."""
 
     def __init__(self) -> None:
         import httpx
@@ -61,54 +242,36 @@ class _Sides:
                           "AsyncHTTPTransport": vars(httpx.AsyncHTTPTransport)["handle_async_request"]}
 
     def unpatched(self) -> None:
-        self._reset()
+        self.reset()
         self.instrumentor.instrument()
 
-    def patched(self) -> None:
+    def patched(self, package: str) -> None:
         import wrapt
 
-        from otel_cb.integrations import httpx as integration
-
-        self._reset()
+        integration = importlib.import_module(f"{package}.integrations.httpx")
+        self.reset()
         for patch in integration.otel_cb_patches():  # inner first, as otel-cb-instrument orders them
             wrapt.wrap_function_wrapper(patch.module, patch.target, patch.wrapper)
         self.instrumentor.instrument()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         if self.instrumentor.is_instrumented_by_opentelemetry:
             self.instrumentor.uninstrument()
         self.httpx.HTTPTransport.handle_request = self.originals["HTTPTransport"]
         self.httpx.AsyncHTTPTransport.handle_async_request = self.originals["AsyncHTTPTransport"]
 
 
+
 def _child(quick: bool) -> str:
-    sys.path.insert(0, str(ROOT))
+    packages = set_up()
     import httpx
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-
-    import otel_cb.telemetry
-    from otel_cb import CircuitBreakerConfig, CircuitBreakerRegistry, _plugins
-    from otel_cb.plugin import Call, hookimpl
-
-    trace.set_tracer_provider(TracerProvider())
-    otel_cb.telemetry.enable()
-
-    class PerDestination:
-        @hookimpl
-        def otel_cb_select_breaker(self, call: Call) -> str:
-            return f"http_{call.target.rsplit(':', 1)[-1]}"
-
-    manager = _plugins.new_manager()
-    manager.register(PerDestination(), name="per_destination")
-    _plugins.activate(_plugins.Active(manager, CircuitBreakerRegistry(), CircuitBreakerConfig(), {}))
 
     rounds, requests = (4, 100) if quick else (40, 250)
     sides = _Sides()
-    # kind -> side -> [(wall seconds, client CPU seconds) per request, one per round]
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {
-        kind: {"unpatched": [], "patched": []} for kind in ("sync", "async")}
-    with _server_process() as base_url:
+    switch: dict[str, Callable[[], None]] = {UNPATCHED: sides.unpatched}
+    for package in packages:
+        switch[package] = lambda package=package: sides.patched(package)  # type: ignore[misc]
+    with server_process() as base_url:
         url = f"{base_url}/item"
         client = httpx.Client()
         loop = asyncio.new_event_loop()
@@ -123,36 +286,14 @@ def _child(quick: bool) -> str:
                 client.get(url).raise_for_status()
 
         batches = {"sync": sync_requests, "async": lambda count: loop.run_until_complete(async_requests(count))}
-        for round_number in range(rounds):
-            # ABBA order, so whatever favours the first (or second) batch of a round favours both sides.
-            for side in ("unpatched", "patched") if round_number % 2 == 0 else ("patched", "unpatched"):
-                getattr(sides, side)()
-                for kind, batch in batches.items():
-                    batch(10)  # warm the connection and the route
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    batch(requests)
-                    results[kind][side].append(((time.perf_counter() - wall) / requests,
-                                                (time.process_time() - cpu) / requests))
-        sides.patched()
-        layer, attributes = _layer_cost(httpx, url, 2_000 if quick else 30_000)
-        sides._reset()
+        results = timed_rounds(switch, batches, rounds, requests)
+        sides.reset()
+        layers, share = _layer_costs(httpx, url, packages, 2_000 if quick else 30_000)
         client.close()
         loop.run_until_complete(async_client.aclose())
         loop.close()
 
-    lines = ["| client | unpatched (best round) | patched (best round) | extra wall time (median of paired rounds) | "
-             "extra client CPU (median) | otel-cb layer alone (of which OpenTelemetry's attributes) | "
-             "layer / request | target |", "|---|---|---|---|---|---|---|---|"]
-    for kind, by_side in results.items():
-        base, patched = min(by_side["unpatched"]), min(by_side["patched"])
-        pairs = list(zip(by_side["unpatched"], by_side["patched"], strict=True))
-        ratio = _median([p[0] / u[0] for u, p in pairs])
-        extra_cpu = _median([p[1] - u[1] for u, p in pairs])
-        request = _median([u[0] for u, _ in pairs])
-        lines.append(f"| httpx {kind} | {base[0] * 1e6:.1f} us | {patched[0] * 1e6:.1f} us | "
-                     f"{(ratio - 1) * 100:+.1f}% | {extra_cpu * 1e6:+.1f} us | "
-                     f"{layer * 1e6:.2f} us ({attributes * 1e6:.2f} us) | {layer / request * 100:.2f}% | "
-                     f"<= {TARGET * 100:.0f}%, <= {LAYER_TARGET * 1e6:.0f} us |")
+    lines = table("httpx", results, layers, share)
     lines.append("")
     lines.append(f"{rounds} ABBA rounds of {requests} keep-alive GETs per side against a loopback server in "
                  "another process. Both sides trace every request with opentelemetry-instrumentation-httpx. "
@@ -160,48 +301,19 @@ def _child(quick: bool) -> str:
                  "the client process per request, patched minus unpatched, median over rounds. *otel-cb layer "
                  "alone*: the patched wrapper around an inner transport that answers at once with a streamed "
                  "body, inside a recording span (routing, admission, span attributes, classification, body "
-                 "wrapping and verdict), median of paired batches; in parentheses the part that is "
-                 "OpenTelemetry's own handling of the two span attributes. On a loaded machine the end-to-end "
-                 "figures carry noise of the order of the differences.")
+                 "wrapping and verdict), CPU time of the thread, median of paired batches; in parentheses the "
+                 "part that is OpenTelemetry's own handling of the two span attributes. On a loaded machine the "
+                 "end-to-end figures carry noise of the order of the differences.")
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _server_process() -> Iterator[str]:
-    """The loopback server in a process of its own, so it does not compete with the client for the GIL."""
-    code = ("import sys; from tests.http_server import FaultServer; server = FaultServer().start(); "
-            "print(server.url, flush=True); sys.stdin.read()")
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield process.stdout.readline().strip()
-    finally:
-        process.kill()
-        process.wait(10)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _layer_cost(httpx: Any, url: str, calls: int) -> tuple[float, float]:
-    """Per request: otel-cb's patched wrapper, and OpenTelemetry's share of it (the two span attributes).
+def _layer_costs(httpx: Any, url: str, packages: list[str], calls: int) -> tuple[dict[str, float], float]:
+    """Per request: each package's patched wrapper, and OpenTelemetry's share of it (the two span attributes).
 
     The inner call answers at once with a streamed body, as ``HTTPTransport``
     does; the client's part (read the body, close the response) is on both
-    sides. Batches alternate bare / wrapped; each figure is the median over
-    pairs of their difference, in CPU time of this thread (the layer does no
-    I/O), so other processes' load does not count.
+    sides.
     """
-    import gc
-
-    from opentelemetry import trace
-
-    from otel_cb.integrations import httpx as integration
-
     request = httpx.Request("GET", url)
 
     class Body(httpx.SyncByteStream):  # not a ByteStream: httpx would read that at construction
@@ -218,37 +330,17 @@ def _layer_cost(httpx: Any, url: str, calls: int) -> tuple[float, float]:
         response.read()
         response.close()
 
-    def wrapped() -> None:
-        response = integration._handle_request(answer, None, (request,), {})
-        response.read()
-        response.close()
+    def wrapped(package: str) -> Callable[[], None]:
+        handle_request = importlib.import_module(f"{package}.integrations.httpx")._handle_request
 
-    def batch(fn: Any, count: int) -> float:
-        gc.disable()
-        try:
-            start = time.thread_time()
-            for _ in range(count):
-                fn()
-            return (time.thread_time() - start) / count
-        finally:
-            gc.enable()
+        def call() -> None:
+            response = handle_request(answer, None, (request,), {})
+            response.read()
+            response.close()
 
-    rounds, per_batch = 15, max(calls // 15, 50)
-    # Inside a recording span, as under OpenTelemetry's wrapper: the span attributes are part of the cost.
-    with trace.get_tracer("bench_httpx").start_as_current_span("client") as span:
-        batch(wrapped, per_batch)
-        differences = []
-        for number in range(rounds):
-            if number % 2:
-                base = batch(bare, per_batch)
-                differences.append(batch(wrapped, per_batch) - base)
-            else:
-                differences.append(batch(wrapped, per_batch) - batch(bare, per_batch))
-        layer = _median(differences)
-        attributes = {"circuit_breaker.name": "http_8080", "circuit_breaker.state": "closed"}
-        attributes_cost = _median([batch(lambda: span.set_attributes(attributes), per_batch)
-                                   for _ in range(rounds)])
-    return layer, attributes_cost
+        return call
+
+    return layer_costs(bare, {package: wrapped(package) for package in packages}, lambda side: None, calls)
 
 
 def main(argv: list[str]) -> int:
@@ -258,5 +350,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
-
-

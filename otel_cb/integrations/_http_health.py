@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..plugin import Call, attach_default_health_check
-from ._http_policy import HTTPHealthCheck, settings_of
+from ._http_policy import HTTPHealthCheck
 
 if TYPE_CHECKING:
     from .. import CircuitBreaker
@@ -34,16 +34,18 @@ __all__ = ["offer_health_check", "check_with_httpx", "check_with_requests"]
 Client = Literal["httpx", "requests"]
 
 
-def offer_health_check(breaker: CircuitBreaker, call: Call, client: Client) -> None:
-    """Give ``breaker`` its configured HTTP check, on ``call``'s origin, the first time it is routed to.
+def offer_health_check(breaker: CircuitBreaker, call: Call, client: Client, spec: HTTPHealthCheck | None) -> None:
+    """Give ``breaker`` the check ``spec`` describes (its section's ``health_check``), on ``call``'s
+    origin, the first time it is routed to.
 
+    Every protected request passes here: without a spec it returns at once.
     Contained (``attach_default_health_check`` logs a failure once); cheap
     after the first call for each breaker.
     """
-    def make() -> Callable[[], bool] | None:
-        spec = settings_of(breaker).health_check
-        if spec is None:
-            return None
+    if spec is None:
+        return
+
+    def make() -> Callable[[], bool]:
         build = check_with_httpx if client == "httpx" else check_with_requests
         return build(call.target, spec, breaker.config.health_check_timeout)
 

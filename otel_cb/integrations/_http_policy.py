@@ -9,16 +9,19 @@ the per-breaker HTTP settings (``failure_statuses``, ``fallback``,
 cache and the order fallbacks are tried in (``serve_http_fallback``). The
 httpx and requests modules turn these plain values into their clients'
 requests and responses; a breaker both clients use has one set of settings
-and one stale cache.
+and one stale cache. ``Machinery`` is how both plugin modules load their
+client-specific half only when the client is in use.
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
+import importlib
 import re
 import threading
 import time
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..plugin import (
     Call,
     Verdict,
+    Wrapper,
     classify,
     log_once,
     parse_duration,
@@ -44,6 +48,7 @@ __all__ = [
     "RETRY_AFTER_STATUSES",
     "HTTPHealthCheck",
     "HTTPSettings",
+    "Machinery",
     "judge_head",
     "serve_http_fallback",
     "stale_cache_key",
@@ -422,3 +427,46 @@ def serve_http_fallback(call: Call, breaker: CircuitBreaker, error: BaseExceptio
         return None
     breaker.count_fallback("success" if response is not None else "failure")
     return response
+
+
+class Machinery:
+    """The client-specific half of an HTTP integration, imported on first use.
+
+    The plugin modules are loaded at every start-up whether or not the
+    application uses their client, and importing the client costs tens of
+    milliseconds: they name their patches' wrappers and public classes here,
+    and the module (which imports the client) loads when one is first used.
+
+    Args:
+        module: The absolute name of the module, e.g. ``"otel_cb.integrations._http_transport"``.
+    """
+
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, module: str) -> None:
+        self._name = module
+        self._module: types.ModuleType | None = None
+
+    def load(self) -> types.ModuleType:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return self._module
+
+    def wrapper(self, name: str) -> Wrapper:
+        """A wrapt wrapper that runs the module's ``name``, resolved once, on the first call."""
+        resolved: Wrapper | None = None
+
+        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            nonlocal resolved
+            if resolved is None:  # every patched request passes here: one cell read after the first
+                resolved = getattr(self.load(), name)
+            return resolved(wrapped, instance, args, kwargs)
+
+        wrapper.__name__ = wrapper.__qualname__ = name
+        return wrapper
+
+    def attribute(self, owner: str, names: frozenset[str], name: str) -> Any:
+        """The ``__getattr__`` of plugin module ``owner``: one of ``names`` from the module, loaded now."""
+        if name in names:
+            return getattr(self.load(), name)
+        raise AttributeError(f"module {owner!r} has no attribute {name!r}")

@@ -149,20 +149,17 @@ class _Router:
             call = describe(request)
             if call is None:
                 return None
-            if self._breaker is not None:
-                breaker: CircuitBreaker | None = self._breaker
-            elif self._selector is not None:
-                breaker = self._selector(call)
-            else:
-                breaker = select_breaker(call)
-            if breaker is None:
-                return None
-            if not isinstance(breaker, CircuitBreaker):
-                log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; the "
-                          "request goes out unprotected", type(breaker).__name__)
-                return None
+            breaker = self._breaker
+            if breaker is None:  # checked in __init__, so only a selector's answer needs checking
+                breaker = select_breaker(call) if self._selector is None else self._selector(call)
+                if breaker is None:
+                    return None
+                if not isinstance(breaker, CircuitBreaker):
+                    log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
+                              "the request goes out unprotected", type(breaker).__name__)
+                    return None
             settings = settings_of(breaker)
-            offer_health_check(breaker, call, "httpx")
+            offer_health_check(breaker, call, "httpx", settings.health_check)
             if self._statuses is not None or self._fallback is not None:
                 settings = HTTPSettings(
                     settings.failure_statuses if self._statuses is None else self._statuses,
@@ -210,7 +207,7 @@ class _Exchange:
             if served is None:
                 raise http_error from None
             return served
-        annotate_span(self.breaker, self.breaker.state)
+        annotate_span(self.breaker)
         self.token = _GUARDED.set(True)
         return None
 
@@ -233,13 +230,31 @@ class _Exchange:
         """Classify the response head; a healthy one gets its verdict when ``body`` (the wrapper
         of its stream) ends."""
         self._unguard()
-        if self._judge_head(response):
-            if response.is_closed:
-                # Read and closed by the inner transport already (an in-memory body, as
-                # httpx.MockTransport returns): no stream will end later, so the verdict lands now.
-                self._body_read(response)
-            else:
-                response.stream = body(response.stream, self)
+        permit = self.permit
+        assert permit is not None
+        try:
+            status = response.status_code
+            hooked = judge_head(self.call, permit, response, status, response.headers,
+                                self.settings.failure_statuses)
+            if hooked is None:
+                return response
+            self.hook_verdict = hooked
+            if self.settings.fallback is not None:
+                self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _raw_headers)
+                if self.cache_key is not None:
+                    self.chunks = []
+            self.response = response
+        except Exception:
+            log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
+                      "no verdict", exc_info=True)
+            permit.release()
+            return response
+        if response.is_closed:
+            # Read and closed by the inner transport already (an in-memory body, as
+            # httpx.MockTransport returns): no stream will end later, so the verdict lands now.
+            self._body_read(response)
+        else:
+            response.stream = body(response.stream, self)
         return response
 
     def _body_read(self, response: httpx.Response) -> None:
@@ -250,28 +265,6 @@ class _Exchange:
                 self.chunks = None
         self.body_complete()
         self.body_closed()
-
-    def _judge_head(self, response: httpx.Response) -> bool:
-        """Classify the response head. True: the verdict waits for the body."""
-        permit = self.permit
-        assert permit is not None
-        try:
-            status = response.status_code
-            hooked = judge_head(self.call, permit, response, status, response.headers,
-                                self.settings.failure_statuses)
-            if hooked is None:
-                return False
-            self.hook_verdict = hooked
-            self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _raw_headers)
-            if self.cache_key is not None:
-                self.chunks = []
-            self.response = response
-            return True
-        except Exception:
-            log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
-                      "no verdict", exc_info=True)
-            permit.release()
-            return False
 
     # -- while the body streams -----------------------------------------------
 
@@ -298,10 +291,12 @@ class _Exchange:
         if permit is None or permit.done:
             return
         self._record_success()
+        chunks = self.chunks
+        if chunks is None:  # nothing to cache: no stale cache, or not a cacheable response
+            return
         try:
-            cache, chunks, response = self.settings.fallback, self.chunks, self.response
-            if isinstance(cache, StaleCache) and chunks is not None and self.cache_key is not None \
-                    and response is not None:
+            cache, response = self.settings.fallback, self.response
+            if isinstance(cache, StaleCache) and self.cache_key is not None and response is not None:
                 cache.store(self.cache_key, response.status_code, list(response.headers.raw), b"".join(chunks))
         except Exception:
             log_once(("httpx", "cache"), "otel-cb: caching an httpx response failed", exc_info=True)

@@ -131,8 +131,9 @@ def _prepare(request: requests.PreparedRequest) -> _Exchange | None:
         breaker = select_breaker(call) if call is not None else None
         if call is None or breaker is None:
             return None
-        offer_health_check(breaker, call, "requests")
-        return _Exchange(breaker, call, settings_of(breaker))
+        settings = settings_of(breaker)
+        offer_health_check(breaker, call, "requests", settings.health_check)
+        return _Exchange(breaker, call, settings)
     except Exception:
         log_once(("requests", "prepare"), "otel-cb: choosing a breaker for a requests request failed; "
                  "the request goes out unprotected", exc_info=True)
@@ -166,7 +167,7 @@ class _Exchange:
             if served is None:
                 raise rejection from None
             return served
-        annotate_span(self.breaker, self.breaker.state)
+        annotate_span(self.breaker)
         return None
 
     def failed(self, adapter: Any, exc: BaseException) -> requests.Response:

@@ -107,12 +107,11 @@ Importing this module does not import httpx; the names above load it on first us
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..plugin import Patch, SectionValidator, hookimpl
-from ._http_policy import validate_settings
+from ._http_policy import Machinery, validate_settings
 
 if TYPE_CHECKING:
     from ._http_transport import (
@@ -132,34 +131,17 @@ __all__ = [
     "validate_settings",
 ]
 
-# The plugin is loaded at start-up whether or not the application uses httpx,
-# and importing httpx costs about 90 ms: it is imported when first needed.
+# Importing httpx costs about 90 ms: the transports load it when first used.
+_MACHINERY = Machinery("otel_cb.integrations._http_transport")
 _LAZY = frozenset({"AsyncCircuitBreakerTransport", "CircuitBreakerTransport", "HTTPCircuitOpenError", "Selector"})
-_machinery: types.ModuleType | None = None
-
-
-def _load() -> types.ModuleType:
-    global _machinery
-    if _machinery is None:
-        from . import _http_transport
-
-        _machinery = _http_transport
-    return _machinery
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(_load(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _MACHINERY.attribute(__name__, _LAZY, name)
 
 
-def _handle_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return (_machinery or _load()).patched_handle_request(wrapped, instance, args, kwargs)
-
-
-def _handle_async_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # Returns the coroutine for httpx to await.
-    return (_machinery or _load()).patched_handle_async_request(wrapped, instance, args, kwargs)
+_handle_request = _MACHINERY.wrapper("patched_handle_request")
+_handle_async_request = _MACHINERY.wrapper("patched_handle_async_request")  # returns the coroutine to await
 
 
 @hookimpl

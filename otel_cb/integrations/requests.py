@@ -102,12 +102,11 @@ loads it on first use.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..plugin import Patch, SectionValidator, Wrapper, hookimpl
-from ._http_policy import validate_settings
+from ..plugin import Patch, SectionValidator, hookimpl
+from ._http_policy import Machinery, validate_settings
 
 if TYPE_CHECKING:
     from ._requests_exchange import RequestsCircuitOpenError
@@ -115,38 +114,18 @@ if TYPE_CHECKING:
 __all__ = ["RequestsCircuitOpenError", "otel_cb_config_keys", "otel_cb_patches", "validate_settings"]
 
 # The plugin is loaded at every start-up whether or not the application uses requests.
-_machinery: types.ModuleType | None = None
-
-
-def _load() -> types.ModuleType:
-    global _machinery
-    if _machinery is None:
-        from . import _requests_exchange
-
-        _machinery = _requests_exchange
-    return _machinery
+_MACHINERY = Machinery("otel_cb.integrations._requests_exchange")
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RequestsCircuitOpenError":
-        return _load().RequestsCircuitOpenError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _forward(name: str) -> Wrapper:
-    """A wrapt wrapper that runs ``name`` of the machinery, loading it (and requests) on first use."""
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return getattr(_machinery or _load(), name)(wrapped, instance, args, kwargs)
-
-    wrapper.__name__ = wrapper.__qualname__ = name
-    return wrapper
+    return _MACHINERY.attribute(__name__, frozenset({"RequestsCircuitOpenError"}), name)
 
 
 # Built once: a patch is the same patch at every instrument(), so it is applied once.
 _PATCHES = [
-    Patch("requests.adapters", "HTTPAdapter.send", _forward("patched_send"), "requests"),
-    Patch("requests.models", "Response.iter_content", _forward("patched_iter_content"), "requests"),
-    Patch("requests.models", "Response.close", _forward("patched_close"), "requests"),
+    Patch("requests.adapters", "HTTPAdapter.send", _MACHINERY.wrapper("patched_send"), "requests"),
+    Patch("requests.models", "Response.iter_content", _MACHINERY.wrapper("patched_iter_content"), "requests"),
+    Patch("requests.models", "Response.close", _MACHINERY.wrapper("patched_close"), "requests"),
 ]
 
 
