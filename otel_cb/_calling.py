@@ -21,7 +21,6 @@ import contextvars
 import functools
 import inspect
 import operator
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
@@ -86,27 +85,24 @@ Raises:
 class FirstCall:
     """A breaker's ``call`` or ``call_async`` until the first call builds the real guard.
 
-    Holds the breaker weakly, so an idle breaker is still freed by reference
-    counting (the guards refer to their breaker: once built, the cycle
-    collector frees it).
+    Holds its breaker as a bound method holds its object: ``call =
+    CircuitBreaker(...).call`` keeps the breaker alive (the cycle this makes
+    is freed by the cycle collector, as the built guards' is).
     """
 
     __slots__ = ("_breaker", "_index")
 
-    def __init__(self, breaker: weakref.ref[CallingStyles], index: int) -> None:
+    def __init__(self, breaker: CallingStyles, index: int) -> None:
         self._breaker = breaker
         self._index = index
 
     def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        breaker = self._breaker()
-        assert breaker is not None, "a breaker called through is alive"
-        return breaker._make_callers()[self._index](fn, *args, **kwargs)
+        return self._breaker._make_callers()[self._index](fn, *args, **kwargs)
 
     @classmethod
     def install(cls, breaker: CallingStyles) -> None:
         """Give ``breaker`` stand-ins for both guards."""
-        ref = weakref.ref(breaker)
-        breaker.call, breaker.call_async = cls(ref, 0), cls(ref, 1)  # type: ignore[method-assign]
+        breaker.call, breaker.call_async = cls(breaker, 0), cls(breaker, 1)  # type: ignore[method-assign]
 
 
 class CallingStyles:

@@ -500,3 +500,18 @@ async def test_a_cancelled_half_open_call_hands_its_slot_back(clock: FakeClock) 
     assert cb.snapshot().half_open_calls == 0 and calls(cb)["failure"] == 2
     assert await cb.call_async(asyncio.sleep, 0) is None
     assert cb.state is CLOSED
+
+
+def test_a_breakers_call_and_call_async_keep_working_when_only_they_are_held() -> None:
+    # ``call = CircuitBreaker(...).call``, as a bound method would, keeps its breaker alive.
+    import gc
+
+    call = CircuitBreaker("held_by_its_call").call
+    call_async = CircuitBreaker("held_by_its_call_async").call_async
+    gc.collect()
+
+    async def answer() -> int:
+        return 43
+
+    assert call(lambda: 42) == 42
+    assert asyncio.run(call_async(answer)) == 43
