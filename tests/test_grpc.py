@@ -163,19 +163,26 @@ def test_aio_trip_reject_probe_close(pb: Any, server: FaultServer, clock: FakeCl
 # -- what counts ------------------------------------------------------------------------
 
 
+# Well below the slow server's 2 s, and long enough that the requests of a stream are sent
+# before it passes: a deadline that expires while grpc.aio's interceptor machinery is still
+# writing them ends the call INTERNAL ("Failed execute_batch"), not DEADLINE_EXCEEDED (seen
+# once in a CI run on a loaded 2-core machine with 0.05 s).
+DEADLINE = 0.5
+
+
 @pytest.mark.parametrize("kind", ["unary_unary", "stream_stream"])
 def test_deadline_exceeded_is_a_failure(pb: Any, server: FaultServer, clock: FakeClock, kind: str) -> None:
     sync_breaker, aio_breaker = breaker(clock, "sync"), breaker(clock, "aio")
     server.mode = "slow"
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), CircuitBreakerInterceptor(sync_breaker))
     with channel, pytest.raises(grpc.RpcError) as failed:
-        sync_call(pb, channel, kind, timeout=0.05)
+        sync_call(pb, channel, kind, timeout=DEADLINE)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     async def scenario() -> None:
         async with grpc.aio.insecure_channel(server.address, interceptors=aio_interceptors(aio_breaker)) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await aio_call(pb, channel, kind, timeout=0.05)
+                await aio_call(pb, channel, kind, timeout=DEADLINE)
             assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     asyncio.run(scenario())
