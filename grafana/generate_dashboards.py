@@ -491,6 +491,16 @@ def breaker_dashboard(spec: BreakerDashboard) -> dashboard.Dashboard:
             query(per_second("circuit_breaker_slow_calls_total", sel, outcome), "slow {{circuit_breaker_outcome}}"),
         ).description(f"Calls slower than {config.slow_call_duration} s.")
     )
+    board = board.with_panel(
+        series(
+            "Health checks per second by outcome",
+            "reqps",
+            query(per_second("circuit_breaker_health_checks_total", sel, outcome), "check {{circuit_breaker_outcome}}"),
+        ).description(
+            "Health checks run while the breaker is open (circuit_breaker.health_checks): failed ones keep user "
+            f"calls from being sent as probes; {config.healthy_threshold} passed in a row move it to half-open."
+        )
+    )
     board = board.with_row(dashboard.Row("Rates against thresholds"))
     board = board.with_panel(
         ratio(
@@ -612,6 +622,16 @@ def overview_dashboard() -> dashboard.Dashboard:
                 "{{circuit_breaker_name}} {{circuit_breaker_outcome}}",
             ),
         )
+    )
+    board = board.with_panel(
+        series(
+            "Health checks per second",
+            "reqps",
+            query(
+                per_second("circuit_breaker_health_checks_total", sel, f"{name}, circuit_breaker_outcome"),
+                "{{circuit_breaker_name}} {{circuit_breaker_outcome}}",
+            ),
+        ).description("Checks of open breakers that have a health check, passed or failed.")
     )
     board = board.with_panel(
         series(

@@ -3,7 +3,8 @@
 It drives ``sentinel_client``, ``shield_client``, ``edge_agent_client`` and
 ``database_pool`` through healthy traffic (with slow and ignored calls),
 an outage (failures until the breaker opens, then rejected calls answered by
-fallbacks, some of which fail), and recovery (a probe closes the breaker),
+fallbacks, some of which fail, and a failing health check), and recovery (a
+passing health check moves it to half-open, a probe closes it),
 cycle after cycle, with open timeouts short enough to see several trips a
 minute. No real dependency is called: each "call" is a local function.
 
@@ -37,12 +38,22 @@ class Outage(Exception):
     """The simulated dependency failing."""
 
 
+class Dependency:
+    """Whether the simulated dependency is up, as its health check sees it."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def healthy(self) -> bool:
+        return self.up
+
+
 def _setup_telemetry() -> None:
     otel_cb.telemetry.configure()
     otel_cb.telemetry.enable()
 
 
-def make_breakers(open_timeout: float) -> list[CircuitBreaker]:
+def make_breakers(open_timeout: float, dependency: Dependency) -> list[CircuitBreaker]:
     config = CircuitBreakerConfig(
         failure_threshold=3,
         failure_rate_threshold=0.5,
@@ -55,8 +66,10 @@ def make_breakers(open_timeout: float) -> list[CircuitBreaker]:
         half_open_max_calls=1,
         success_threshold=1,
         ignore_exceptions=(KeyError,),
+        health_check_interval=None,  # cycle() runs the checks, so every cycle shows both outcomes
+        healthy_threshold=1,
     )
-    return [CircuitBreaker(name, config) for name in BREAKER_NAMES]
+    return [CircuitBreaker(name, config, health_check=dependency.healthy) for name in BREAKER_NAMES]
 
 
 def ok() -> str:
@@ -96,13 +109,15 @@ def call(breaker: CircuitBreaker, fn: object) -> None:
         pass
 
 
-def cycle(breaker: CircuitBreaker, open_timeout: float) -> None:
+def cycle(breaker: CircuitBreaker, open_timeout: float, dependency: Dependency) -> None:
     """Healthy traffic, an outage that opens the breaker, rejections with fallbacks, a recovering probe."""
     for fn in (ok, ok, slow, ok, bad_request, ok):
         call(breaker, fn)
     breaker.call_with_fallback(ok, stale)
     for fn in (slow_down, down, down, down):  # opens on consecutive failures
         call(breaker, fn)
+    dependency.up = False
+    breaker.check_health()  # fails: no user call goes out as a probe
     for _ in range(3):
         call(breaker, ok)  # rejected
     breaker.call_with_fallback(ok, stale)  # rejected, the fallback serves
@@ -111,6 +126,8 @@ def cycle(breaker: CircuitBreaker, open_timeout: float) -> None:
     except RuntimeError:
         pass
     time.sleep(open_timeout * 1.1)
+    dependency.up = True
+    breaker.check_health()  # passes: half-open
     call(breaker, ok)  # the probe closes it again
 
 
@@ -120,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-timeout", type=float, default=0.3, help="breakers' open timeout in seconds")
     args = parser.parse_args(argv)
     _setup_telemetry()
-    breakers = make_breakers(args.open_timeout)
+    dependency = Dependency()
+    breakers = make_breakers(args.open_timeout, dependency)
     print("workload running", flush=True)
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
         for breaker in breakers:
-            cycle(breaker, args.open_timeout)
+            cycle(breaker, args.open_timeout, dependency)
     return 0
 
 
