@@ -131,6 +131,17 @@ def test_check_health_runs_the_attached_check_and_listing_shows_its_results(
     assert main(["check", "admin-payments"]) == 1
     assert "health check failed" in capsys.readouterr().out
 
+    def health_column() -> dict[str, str]:
+        assert main(["status"]) == 0
+        header, *rows = capsys.readouterr().out.splitlines()
+        start, end = header.index("HEALTH"), header.index("SHARED")
+        return {name: row[start:end].strip() for row in rows for name in (b.name for b in breakers)
+                if row.startswith(name + " ")}
+
+    assert health_column() == {"admin-payments": "failed", "admin/odd name": "-"}
+    breakers[1].attach_health_check(lambda: True)
+    assert health_column() == {"admin-payments": "failed", "admin/odd name": "not run"}
+
 
 def test_check_health_of_a_coroutine_check_stays_off_the_callers_loop(
         endpoint: AdminServer, breakers: list[otel_cb.CircuitBreaker]) -> None:
@@ -411,6 +422,7 @@ def test_top_draws_states_rates_and_transitions(operator_env: AdminServer, break
     assert main(["top", "--iterations", "2", "--interval", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "admin-payments" in out and "recent transitions" in out and "force_open" in out
+    assert "health" in out  # the column header (wrapped at the test terminal's width)
 
 
 def test_rich_is_imported_by_top_only() -> None:

@@ -197,7 +197,15 @@ def _act(address: Address, token: str | None, command: str, name: str, fleet: bo
     return EXIT_OK
 
 
-_COLUMNS = ("NAME", "STATE", "FAIL%", "SLOW%", "CALLS", "FAILED", "REJECTED", "RETRY_IN", "SHARED")
+_COLUMNS = ("NAME", "STATE", "FAIL%", "SLOW%", "CALLS", "FAILED", "REJECTED", "RETRY_IN", "HEALTH", "SHARED")
+
+
+def _health_text(health: Mapping[str, Any] | None) -> str:
+    """The last health check's result: ``-`` without a check, ``not run`` before the first."""
+    if not health:
+        return "-"
+    last = health.get("last_passed")
+    return "not run" if last is None else "passed" if last else "failed"
 
 
 def _row(breaker: Mapping[str, Any]) -> list[str]:
@@ -212,7 +220,8 @@ def _row(breaker: Mapping[str, Any]) -> list[str]:
             f"{100 * float(breaker.get('failure_rate', 0)):.1f}",
             f"{100 * float(breaker.get('slow_call_rate', 0)):.1f}",
             str(sum(int(calls.get(k, 0)) for k in ("success", "failure", "ignored"))), str(calls.get("failure", 0)),
-            str(calls.get("rejected", 0)), "-" if retry is None else f"{float(retry):.1f}s", shared_text]
+            str(calls.get("rejected", 0)), "-" if retry is None else f"{float(retry):.1f}s",
+            _health_text(breaker.get("health_check")), shared_text]
 
 
 def format_table(breakers: list[Mapping[str, Any]]) -> str:
@@ -239,8 +248,8 @@ def _top(address: Address, token: str | None, interval: float, iterations: int) 
     def render(answer: Mapping[str, Any]) -> Group:
         now = time.monotonic()
         table = Table(title=f"otel-cb top: {address} (pid {answer.get('pid', '?')})", expand=False)
-        for column in ("breaker", "state", "fail %", "slow %", "calls/s", "rejected/s", "retry in", "shared"):
-            table.add_column(column, justify="left" if column in ("breaker", "state", "shared") else "right")
+        for column in ("breaker", "state", "fail %", "slow %", "calls/s", "rejected/s", "retry in", "health", "shared"):
+            table.add_column(column, justify="left" if column in ("breaker", "state", "health", "shared") else "right")
         for breaker in answer.get("breakers", []):
             name = str(breaker.get("name", "?"))
             calls = breaker.get("calls", {})
@@ -253,7 +262,7 @@ def _top(address: Address, token: str | None, interval: float, iterations: int) 
             state = row[1]
             table.add_row(name, f"[{_STYLES.get(state, '')}]{state}[/]", row[2], row[3],
                           f"{(total - old_total) / elapsed:.1f}" if elapsed > 0 else "-",
-                          f"{(rejected - old_rejected) / elapsed:.1f}" if elapsed > 0 else "-", row[7], row[8])
+                          f"{(rejected - old_rejected) / elapsed:.1f}" if elapsed > 0 else "-", *row[7:])
         recent = Table(title="recent transitions", expand=False, show_edge=False)
         for column in ("time", "breaker", "from", "to", "reason"):
             recent.add_column(column)
