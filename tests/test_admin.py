@@ -121,7 +121,8 @@ def test_check_health_runs_the_attached_check_and_listing_shows_its_results(
     healthy[0] = True
     assert call(endpoint, "POST", f"{API}/admin-payments/check-health")[1]["passed"] is True
     item = call(endpoint, "GET", f"{API}/admin-payments")[1]
-    assert item["health_check"] == {"attached": True, "last_passed": True, "passed": 1, "failed": 1}
+    assert item["health_check"] == {"attached": True, "last_passed": True, "passed": 1, "failed": 1,
+                                    "timeout": breaker.config.health_check_timeout}
     monkeypatch.setenv("OTEL_CB_ADMIN_ADDRESS", str(endpoint.address))
     monkeypatch.setenv("OTEL_CB_ADMIN_TOKEN", TOKEN)
     capsys.readouterr()
@@ -141,6 +142,24 @@ def test_check_health_runs_the_attached_check_and_listing_shows_its_results(
     assert health_column() == {"admin-payments": "failed", "admin/odd name": "-"}
     breakers[1].attach_health_check(lambda: True)
     assert health_column() == {"admin-payments": "failed", "admin/odd name": "not run"}
+
+
+def test_a_check_may_run_longer_than_a_request_may(endpoint: AdminServer, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # Both sides' usual limits scaled down: the check (0.8 s) outlasts them, not its own timeout (3 s).
+    from otel_cb.admin import _commands
+
+    monkeypatch.setattr(server_module, "CONNECTION_DEADLINE", 0.3)
+    monkeypatch.setattr(_commands, "REQUEST_TIMEOUT", 0.3)
+    slow = otel_cb.registry.get_or_create("admin-slow-check", otel_cb.CircuitBreakerConfig(health_check_timeout=3.0))
+    try:
+        slow.attach_health_check(lambda: time.sleep(0.8) or True)
+        monkeypatch.setenv("OTEL_CB_ADMIN_ADDRESS", str(endpoint.address))
+        monkeypatch.setenv("OTEL_CB_ADMIN_TOKEN", TOKEN)
+        assert main(["check", "admin-slow-check"]) == 0
+        assert "admin-slow-check: health check passed" in capsys.readouterr().out
+    finally:
+        otel_cb.registry.remove(slow.name)
 
 
 def test_check_health_of_a_coroutine_check_stays_off_the_callers_loop(

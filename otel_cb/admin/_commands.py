@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import socket
 import sys
@@ -53,14 +54,18 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+REQUEST_TIMEOUT = 5.0  # seconds to connect, and to wait for an answer (a check: plus its own timeout)
+
+
 def request(address: Address, method: str, path: str, *, token: str | None = None,
-            body: Mapping[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+            body: Mapping[str, Any] | None = None, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
     """One request to an admin endpoint: (status, JSON answer).
 
     Raises:
         _Unreachable: no connection, or an answer that is not the endpoint's.
     """
     connection: http.client.HTTPConnection
+    timeout = REQUEST_TIMEOUT if timeout is None else timeout
     if address.path:
         connection = _UnixConnection(address.path, timeout)
     else:
@@ -184,7 +189,17 @@ def _status(address: Address, token: str | None, as_json: bool) -> int:
 def _act(address: Address, token: str | None, command: str, name: str, fleet: bool) -> int:
     action = _ACTIONS[command]
     body = {"fleet": True} if fleet else None
-    status, answer = request(address, "POST", f"{PREFIX}/{quote(name, safe='')}/{action}", token=token, body=body)
+    path = f"{PREFIX}/{quote(name, safe='')}"
+    timeout = REQUEST_TIMEOUT
+    if command == "check":  # wait as long as the check may run, which the breaker's listing says
+        status, answer = request(address, "GET", path, token=token)
+        if status != 200:
+            return _refused(status, answer)
+        health = answer.get("health_check") or {}
+        limit = health.get("timeout")
+        if isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0:
+            timeout += float(limit)
+    status, answer = request(address, "POST", f"{path}/{action}", token=token, body=body, timeout=timeout)
     if status != 200:
         return _refused(status, answer)
     if command == "check":

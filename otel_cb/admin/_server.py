@@ -9,7 +9,8 @@ an action does to a breaker is the breaker's business (``force_open()``,
 It uses the standard library only (``http.server`` / ``socketserver``) and
 never touches an event loop of the application: every request runs in a
 thread of its own, at most ``MAX_CONNECTIONS`` at a time, and a connection
-that has not finished after ``CONNECTION_DEADLINE`` seconds is cut off.
+that has not finished after ``CONNECTION_DEADLINE`` seconds is cut off (a
+``check-health`` request gets the breaker's ``health_check_timeout`` on top).
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def _health_of(breaker: CircuitBreaker, counts: Mapping[str, int]) -> dict[str, 
     if breaker.health_check is None:
         return None
     return {"attached": True, "last_passed": _last_checks.get(breaker),
-            "passed": int(counts.get("passed", 0)), "failed": int(counts.get("failed", 0))}
+            "passed": int(counts.get("passed", 0)), "failed": int(counts.get("failed", 0)),
+            "timeout": breaker.config.health_check_timeout}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -332,6 +334,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _check_health(self, breaker: CircuitBreaker, peer: str) -> tuple[int, dict[str, Any]]:
         """Run the breaker's check in this request thread: a coroutine check runs on the health
         monitor's loop, never the application's; either way bounded by ``health_check_timeout``."""
+        # The check may run longer than a request may: give this connection its timeout on top.
+        self.server.extend_deadline(self.request, breaker.config.health_check_timeout)
         try:
             passed = breaker.check_health()
         except ValueError:  # detached since the request came in, or never attached
@@ -400,6 +404,13 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._done(request)
+
+    def extend_deadline(self, request: Any, seconds: float) -> None:
+        """Let ``request``'s connection take ``seconds`` longer than ``CONNECTION_DEADLINE``."""
+        with self._open_lock:
+            if id(request) in self._open:
+                deadline, sock = self._open[id(request)]
+                self._open[id(request)] = (deadline + seconds, sock)
 
     def _done(self, request: Any) -> None:
         with self._open_lock:
