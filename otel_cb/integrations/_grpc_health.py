@@ -1,17 +1,22 @@
 """The grpc integration's default health check: ``grpc.health.v1.Health/Check`` for the routed service.
 
-When the grpc integration first routes a call to a breaker without a health
-check, it asks the channel's target, on a fresh plaintext channel of its own
-and within the breaker's ``health_check_timeout``, for the health of the
-call's service (``Check(service=...)``, from ``grpcio-health-checking``). The
-check is attached when that first answer comes back (``SERVING`` or not):
-then it is known to reach the server's Health service. It is not attached,
-and the breaker keeps timed probing, said once per breaker, when:
+While a breaker the grpc integration routes to is closed, nothing is sent to
+its server but the application's own calls. When it opens without a health
+check, a thread of ours asks the channel's target, on a fresh plaintext
+channel of its own and within the breaker's ``health_check_timeout``, for the
+health of the call's service (``Check(service=...)``, from
+``grpcio-health-checking``). The check is attached when an answer comes back
+(``SERVING`` or not): then it is known to reach the server's Health service,
+and from then on it decides when the breaker probes. Until then the breaker
+probes with user calls on its timer, and:
 
-- the server has no Health service (``UNIMPLEMENTED``) or does not know the
-  service (``NOT_FOUND``);
-- the first check does not reach the server (it is down, or serves TLS,
-  which a check without the channel's credentials cannot speak).
+- a server without a Health service (``UNIMPLEMENTED``), or one that does not
+  know the service (``NOT_FOUND``), gets no check, said once, and is not asked
+  again;
+- a server the check cannot reach (it is down, or serves TLS, which a check
+  without the channel's credentials cannot speak) is asked again every
+  ``health_check_interval`` while the breaker stays open, and again at its
+  next opening; said once.
 
 An attached check passes on ``SERVING`` only; if the server later answers
 ``UNIMPLEMENTED`` or ``NOT_FOUND`` the check detaches itself (said once).
@@ -22,13 +27,16 @@ neither counts them nor refuses them while the breaker is open.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc  # type: ignore[import-untyped]
 
+from .. import CircuitState, StateChangeEvent
 from ..plugin import Call, attach_default_health_check, log_once
 
 if TYPE_CHECKING:
@@ -87,38 +95,81 @@ class GrpcHealthCheck:
         return answer == "serving"
 
 
+# Breakers whose openings are watched for a check to look for; those whose server has no Health service.
+_watched: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_no_service: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_looking: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
 def offer_health_check(breaker: CircuitBreaker, call: Call, mark: Mark) -> None:
-    """Find out once, off the caller's thread, whether ``call``'s server has a Health service; attach the check.
+    """Look for ``call``'s server's Health service when ``breaker`` opens; attach the check if it answers.
 
-    ``mark`` is the exchange's flag that an RPC is ours (passed in: the
-    exchange imports this module). A hand-wired interceptor without
-    ``target=`` gives no target to check: no default check.
+    Called for every routed call, so cheap after the first: that one adds a
+    listener to the breaker, and the listener starts the search, off the
+    caller's thread, at each opening until a check is attached or the server
+    says it has no Health service. ``mark`` is the exchange's flag that an
+    RPC is ours (passed in: the exchange imports this module). A hand-wired
+    interceptor without ``target=`` gives no target to check: no default check.
     """
-    if not call.target:
+    if breaker in _watched or not call.target or breaker.health_check is not None:
         return
-
-    def make() -> None:
-        check = GrpcHealthCheck(breaker, call.target, call.service or "", breaker.config.health_check_timeout, mark)
-        threading.Thread(target=_attach_if_answered, args=(breaker, check), daemon=True,
-                         name=f"otel-cb grpc health {breaker.name[:40]}").start()
-
-    attach_default_health_check(breaker, make)
-
-
-def _attach_if_answered(breaker: CircuitBreaker, check: GrpcHealthCheck) -> None:
     try:
-        answer = ask_health(check.target, check.service, check.timeout, check.mark)
-    except Exception as exc:  # grpcio-health-checking missing, or a broken grpc: no default check
-        answer = "unreachable"
-        reason: Any = exc
-    else:
-        reason = None
-    if answer in ("serving", "not_serving"):
-        if breaker.health_check is None:
-            breaker.attach_health_check(check)
+        _watched.add(breaker)
+    except TypeError:  # a breaker that cannot be weakly referenced gets no default check
         return
-    why = {"no_service": "does not answer grpc.health.v1.Health/Check for its service",
-           "unreachable": "was not reachable for grpc.health.v1.Health/Check on a plaintext channel"}[answer]
-    log_once(("grpc", "no-health", breaker.name), "otel-cb: circuit breaker %r: %s %s%s; no default health "
-             "check, it probes with user calls", breaker.name, check.target, why,
-             f" ({type(reason).__name__})" if reason is not None else "")
+    target, service, ref = call.target, call.service or "", weakref.ref(breaker)
+
+    def on_transition(event: StateChangeEvent) -> None:
+        watched = ref()
+        if event.state is CircuitState.OPEN and watched is not None:
+            _start_looking(watched, target, service, mark)
+
+    breaker.add_listener(on_transition)
+
+
+def _same(check: GrpcHealthCheck) -> GrpcHealthCheck:
+    return check
+
+
+def _start_looking(breaker: CircuitBreaker, target: str, service: str, mark: Mark) -> None:
+    with _lock:
+        if breaker.health_check is not None or breaker in _no_service or breaker in _looking:
+            return
+        _looking.add(breaker)
+    threading.Thread(target=_look, args=(weakref.ref(breaker), target, service, mark), daemon=True,
+                     name=f"otel-cb grpc health {breaker.name[:40]}").start()
+
+
+def _look(ref: weakref.ref[CircuitBreaker], target: str, service: str, mark: Mark) -> None:
+    """Ask until the server answers, says it has no Health service, or the breaker leaves open."""
+    try:
+        while (breaker := ref()) is not None and breaker.health_check is None:
+            config = breaker.config
+            check = GrpcHealthCheck(breaker, target, service, config.health_check_timeout, mark)
+            try:
+                answer = ask_health(target, service, check.timeout, mark)
+                reason: Any = None
+            except Exception as exc:  # grpcio-health-checking missing, or a broken grpc: no default check
+                answer, reason = "no_service", exc
+            if answer in ("serving", "not_serving"):
+                attach_default_health_check(breaker, functools.partial(_same, check))
+                return
+            why = {"no_service": "does not answer grpc.health.v1.Health/Check for its service",
+                   "unreachable": "was not reachable for grpc.health.v1.Health/Check on a plaintext channel"}[answer]
+            log_once(("grpc", "no-health", breaker.name), "otel-cb: circuit breaker %r: %s %s%s; no default health "
+                     "check, it probes with user calls", breaker.name, target, why,
+                     f" ({type(reason).__name__})" if reason is not None else "")
+            if answer == "no_service":
+                _no_service.add(breaker)
+                return
+            interval = config.health_check_interval
+            if interval is None or breaker.state is not CircuitState.OPEN:
+                return  # asked again at the next opening
+            del breaker, check  # not kept alive by the wait
+            time.sleep(interval)
+    finally:
+        breaker = ref()
+        if breaker is not None:
+            with _lock:
+                _looking.discard(breaker)

@@ -93,9 +93,12 @@ names. Hand-wired interceptors take ``failure_codes=`` too.
 
 Health check: a breaker the integration routes to gets the standard
 ``grpc.health.v1.Health/Check`` for the routed service, on a fresh plaintext
-channel to the target, once a first check answers; a server without the
-Health service, or not knowing the service, or not reachable in plaintext
-(TLS), gets none, said once (``otel_cb.integrations._grpc_health``).
+channel to the target. Nothing is asked while the breaker is closed: the
+Health service is looked for when the breaker opens, and the check attached
+once it answers. A server without the Health service, or not knowing the
+service, gets none, said once; one not reachable in plaintext (down, or TLS)
+is asked again while open and at the next opening
+(``otel_cb.integrations._grpc_health``).
 
 With OpenTelemetry
 ------------------
