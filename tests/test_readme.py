@@ -10,7 +10,9 @@ longer matches a block fails, so the list stays true.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -98,6 +100,21 @@ def _environment() -> dict[str, str]:
 def test_every_exclusion_names_one_block_of_the_readme() -> None:
     keys = [block.key for block in blocks()]
     assert {key: keys.count(key) for key in EXCLUDED} == dict.fromkeys(EXCLUDED, 1)
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_names_one_of_its_headings() -> None:
+    tokens = MarkdownIt("commonmark").parse(README.read_text())
+    headings = {_slug(after.content) for before, after in itertools.pairwise(tokens)
+                if before.type == "heading_open"}
+    links = {child.attrs["href"] for token in tokens if token.type == "inline" for child in token.children or ()
+             if child.type == "link_open" and str(child.attrs.get("href", "")).startswith("#")}
+    assert links, "the README links to its own sections"
+    assert sorted(link for link in links if str(link)[1:] not in headings) == []
 
 
 def test_the_readme_has_blocks_to_run() -> None:
