@@ -13,10 +13,11 @@ without and with a recording span, with OpenTelemetry's own handling of the
 two span attributes timed apart. Targets: +3% end to end, 4 us for the layer.
 
 Old against new: set ``OTEL_CB_BENCH_BASELINE`` to a copy of an earlier
-``otel_cb`` package under another name (see ``bench_core``), and that copy is
-one more protected side in the same rounds (instrumented with its own asyncpg
-integration) and one more wrapper in the same layer batches, with the median
-of the paired new/old ratios::
+``otel_cb`` package under another name (see ``bench_core``), and that copy's
+wrapper is one more side in the same layer batches, with the new/old ratios.
+Only the layer: the copy cannot patch asyncpg end to end beside the installed
+package (its patches belong to the ``asyncpg`` plugin name, which the entry
+point of the installed package holds)::
 
     mkdir -p /tmp/base && git archive main otel_cb | tar -x -C /tmp/base
     mv /tmp/base/otel_cb /tmp/base/otel_cb_main
@@ -198,7 +199,7 @@ def run(quick: bool) -> str:
         packages[f"baseline ({baseline})"] = _Package(baseline, config)
     otel = AsyncPGInstrumentor()
     provider = TracerProvider()  # records every span; no exporter, so nothing leaves the process
-    sides = [UNPROTECTED, *packages]
+    sides = [UNPROTECTED, NEW]  # the baseline copy is timed in the layer batches only (see the module docstring)
     results: dict[str, list[float]] = {side: [] for side in sides}
 
     async def measure() -> None:
@@ -241,8 +242,7 @@ def run(quick: bool) -> str:
     finally:
         for package in packages.values():
             package.root.registry.remove(BREAKER)
-    for side, package in packages.items():
-        assert package.breaker.snapshot().calls["success"] > 0, f"the {side} runs did not go through the breaker"
+    assert packages[NEW].breaker.snapshot().calls["success"] > repeats * calls, "the protected runs missed the breaker"
     query = _median(results[UNPROTECTED])
 
     def ratio(side: str, against: str = UNPROTECTED) -> float:
@@ -254,9 +254,7 @@ def run(quick: bool) -> str:
         "|---|---|---|",
         f"| OpenTelemetry only | {min(results[UNPROTECTED]) * 1e6:.1f} us | 1.000 |",
     ]
-    for side in packages:
-        label = "OpenTelemetry + otel-cb breaker" + ("" if side == NEW else f", {side}")
-        lines.append(f"| {label} | {min(results[side]) * 1e6:.1f} us | {ratio(side):.3f} |")
+    lines.append(f"| OpenTelemetry + otel-cb breaker | {min(results[NEW]) * 1e6:.1f} us | {ratio(NEW):.3f} |")
     for side in packages:
         suffix = "" if side == NEW else f", {side}"
         lines.append(f"| otel-cb's layer alone (patched wrapper, no I/O, no span){suffix} | {own[side] * 1e6:.2f} us "
@@ -274,7 +272,6 @@ def run(quick: bool) -> str:
     ]
     for side in packages:
         if side != NEW:
-            lines.append(f"New against {side}: end to end {ratio(NEW, side):.3f} (median of paired batches); "
-                         f"layer {own[NEW] / own[side]:.2f}x without a span, "
+            lines.append(f"New against {side}: layer {own[NEW] / own[side]:.2f}x without a span, "
                          f"{own_traced[NEW] / own_traced[side]:.2f}x in a recording span.")
     return "\n".join(lines)
