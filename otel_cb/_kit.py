@@ -17,6 +17,8 @@ asks ``select_breaker`` for its breaker, takes a permit, and then uses these:
   by item, with the error every integration words the same way;
 - ``attach_default_health_check``: the integration's own health check for a
   breaker it routes to, attached once unless the breaker already has one;
+- ``routing_epoch``: an opaque object that is replaced whenever routing's
+  memo is forgotten, so an integration's own route memo never outlives it.
 
 Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 """
@@ -27,6 +29,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _plugins
 from ._call import Call, Refusal
 from ._plugins import breaker_settings, classify, fallback, log_once
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from ._state import CircuitState, Verdict
 
 __all__ = ["ExceptionRule", "annotate_span", "attach_default_health_check", "classify_exception", "parse_items",
-           "section_settings", "serve_fallback"]
+           "routing_epoch", "section_settings", "serve_fallback"]
 
 T = TypeVar("T")
 
@@ -261,3 +264,17 @@ def attach_default_health_check(breaker: CircuitBreaker, make: Callable[[], Heal
     except Exception:
         log_once(("default-health-check", getattr(make, "__qualname__", "?")), "otel-cb: building the default "
                  "health check of circuit breaker %r failed; it probes with user calls", breaker.name, exc_info=True)
+
+
+def routing_epoch() -> object:
+    """An opaque object standing for the routes ``select_breaker`` memoises now; compare it with ``is``.
+
+    It is replaced whenever those routes are forgotten: ``instrument()`` with
+    a new config, ``uninstrument()``, and the pytest plugin's reset, which
+    also drops the automatic breakers from the registry. An integration that
+    memoises its own routes (a ``Call`` and its breaker per destination, to
+    skip building the call) keeps the epoch beside them and routes afresh
+    when it changes, so its memo never answers other than ``select_breaker``
+    would. Costs one function call; never None.
+    """
+    return _plugins._routes

@@ -34,6 +34,9 @@ module of otel-cb; a test enforces it for ours):
 - ``attach_default_health_check(breaker, make)`` gives a breaker the
   integration's own health check the first time a call is routed to it,
   unless it has one (the user's check always wins);
+- ``routing_epoch()`` changes whenever routing's memo is forgotten (a new
+  config, ``uninstrument()``, the pytest plugin's reset): an integration's
+  own memo of routes keeps it and re-routes when it changes;
 - ``log_once(key, message, ...)`` reports a contained fault once;
   ``breaker.shared_state`` is the breaker's shared-state backend, if any.
 
@@ -56,6 +59,7 @@ from ._kit import (
     attach_default_health_check,
     classify_exception,
     parse_items,
+    routing_epoch,
     section_settings,
     serve_fallback,
 )
@@ -87,6 +91,7 @@ __all__ = [
     "log_once",
     "parse_duration",
     "parse_items",
+    "routing_epoch",
     "section_settings",
     "select_breaker",
     "serve_fallback",

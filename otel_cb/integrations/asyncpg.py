@@ -144,6 +144,7 @@ from ..plugin import (
     destination_name,
     hookimpl,
     log_once,
+    routing_epoch,
     section_settings,
     select_breaker,
     serve_fallback,
@@ -221,7 +222,7 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
         if served is None:
             raise
         return served
-    annotate_span(breaker, breaker.state)
+    annotate_span(breaker)  # reads the state only for a recording span
     token = _INSIDE.set(True)
     try:
         result = await awaitable
@@ -315,7 +316,11 @@ TargetOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], "str | None"]
 _MISSING: Any = object()
 
 
-def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]:
+Route = tuple[Call, CircuitBreaker]
+Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _protecting(method: str, target_of: TargetOf) -> Wrapper:
     """A wrapt wrapper that routes one database call to its breaker.
 
     The wrapper is a plain function, as the methods it wraps are to their
@@ -328,23 +333,89 @@ def _protecting(method: str, target_of: TargetOf) -> Callable[[Wrapped, Any, tup
     def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
             return wrapped(*args, **kwargs)
-        call: Call | None = None
-        try:
-            # None: arguments asyncpg refuses before any I/O; no breaker is created or touched.
-            target = target_of(instance, args, kwargs)
-            call = _call(target, method) if target is not None else None
-            breaker = select_breaker(call) if call is not None else None
-            if breaker is not None and method == "connect":
-                offer_health_check(breaker, *connect_arguments(instance, args, kwargs))
-        except Exception:
-            # Never let our bookkeeping break the application's query.
-            log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
-                     method, exc_info=True)
-            breaker = None
+        found = _route_contained(method, target_of, instance, args, kwargs)
         awaitable = wrapped(*args, **kwargs)
-        if breaker is None or call is None:
+        return awaitable if found is None else _protected(found[0], found[1], None, awaitable)
+
+    return wrapper
+
+
+def _route_contained(method: str, target_of: TargetOf, instance: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Route | None:
+    try:
+        return _route(method, target_of, instance, args, kwargs)
+    except Exception:
+        _routing_failed(method)
+        return None
+
+
+def _routing_failed(method: str) -> None:
+    """Never let our bookkeeping break the application's query: log once, leave the call unprotected."""
+    log_once(("asyncpg", method), "otel-cb: routing an asyncpg %s failed; call not protected",
+             method, exc_info=True)
+
+
+def _route(method: str, target_of: TargetOf, instance: Any, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> Route | None:
+    # None: arguments asyncpg refuses before any I/O; no breaker is created or touched.
+    target = target_of(instance, args, kwargs)
+    if target is None:
+        return None
+    call = _call(target, method)
+    breaker = select_breaker(call)
+    if breaker is None:
+        return None
+    if method == "connect":
+        offer_health_check(breaker, *connect_arguments(instance, args, kwargs))
+    return call, breaker
+
+
+def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
+    """:func:`_protecting` for the methods of a connection (or, ``of_resource``, of a
+    prepared statement or cursor, by its connection), with the route memoised.
+
+    A repeat query costs one dict lookup by the connection's ``(address,
+    database)`` instead of building its target, its ``Call`` and its route.
+    The memo is dropped whole when routing's memo is (``routing_epoch``: a
+    new config, ``uninstrument()``, the pytest plugin's reset of automatic
+    breakers), so it never answers other than ``select_breaker`` would; a
+    connection whose address changes looks up another key; at most
+    ``_MAX_MEMO`` keys are kept per method.
+    """
+    target_of = _target_of_resource if of_resource else _target_of_connection
+    # (epoch, memo) as one object, swapped whole: a thread never pairs a new
+    # epoch with an old memo, and a racing thread's entry lands in a memo nobody reads.
+    current: tuple[object, dict[tuple[object, object], Route | None]] = (None, {})
+
+    def remember(key: tuple[object, object], instance: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Route | None:
+        nonlocal current
+        epoch = routing_epoch()  # before routing: a change meanwhile makes the next call route again
+        found = _route(method, target_of, instance, args, kwargs)
+        memo = current[1]
+        if current[0] is not epoch or len(memo) >= _MAX_MEMO:
+            memo = {}
+            current = (epoch, memo)
+        memo[key] = found
+        return found
+
+    def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _INSIDE.get():
+            return wrapped(*args, **kwargs)
+        try:
+            connection = instance._connection if of_resource else instance
+            key = (connection._addr, connection._params.database)
+            epoch, memo = current
+            found = memo.get(key, _MISSING)
+            if found is _MISSING or epoch is not routing_epoch():
+                found = remember(key, instance, args, kwargs)
+        except Exception:
+            _routing_failed(method)
+            found = None
+        awaitable = wrapped(*args, **kwargs)
+        if found is None:
             return awaitable
-        return _protected(call, breaker, None, awaitable)
+        return _protected(found[0], found[1], None, awaitable)
 
     return wrapper
 
@@ -359,6 +430,16 @@ _QUERY_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fe
 _PREPARED_METHODS = ("fetch", "fetchval", "fetchrow", "fetchmany", "executemany", "explain")
 
 
+def _on_connection(method: str) -> Wrapper:
+    """The wrapper of a ``Connection`` method."""
+    return _protecting_queries(method, of_resource=False)
+
+
+def _on_resource(method: str) -> Wrapper:
+    """The wrapper of a prepared statement's or cursor's method (routed by its connection)."""
+    return _protecting_queries(method, of_resource=True)
+
+
 def _patches() -> list[Patch]:
     connect = _protecting("connect", _target_of_connect)  # one wrapper: both names are one function
     patches = [
@@ -366,21 +447,17 @@ def _patches() -> list[Patch]:
         Patch("asyncpg.connection", "connect", connect, "asyncpg"),
         Patch("asyncpg.pool", "Pool._initialize", _protecting("connect", _target_of_pool), "asyncpg"),
         Patch("asyncpg.pool", "Pool._acquire", _protecting("acquire", _target_of_pool), "asyncpg"),
-        Patch("asyncpg.connection", "Connection.prepare", _protecting("prepare", _target_of_connection), "asyncpg"),
-        Patch("asyncpg.cursor", "Cursor._init", _protecting("cursor", _target_of_resource), "asyncpg"),
-        Patch("asyncpg.cursor", "CursorIterator.__anext__", _protecting("cursor_fetch", _target_of_resource),
-              "asyncpg"),
+        Patch("asyncpg.connection", "Connection.prepare", _on_connection("prepare"), "asyncpg"),
+        Patch("asyncpg.cursor", "Cursor._init", _on_resource("cursor"), "asyncpg"),
+        Patch("asyncpg.cursor", "CursorIterator.__anext__", _on_resource("cursor_fetch"), "asyncpg"),
     ]
     for name in _QUERY_METHODS:
         patches.append(Patch("asyncpg.pool", f"Pool.{name}", _protecting(name, _target_of_pool), "asyncpg"))
-        patches.append(Patch("asyncpg.connection", f"Connection.{name}", _protecting(name, _target_of_connection),
-                             "asyncpg"))
+        patches.append(Patch("asyncpg.connection", f"Connection.{name}", _on_connection(name), "asyncpg"))
     for name in _PREPARED_METHODS:
-        patches.append(Patch("asyncpg.prepared_stmt", f"PreparedStatement.{name}",
-                             _protecting(name, _target_of_resource), "asyncpg"))
+        patches.append(Patch("asyncpg.prepared_stmt", f"PreparedStatement.{name}", _on_resource(name), "asyncpg"))
     for name in ("fetch", "fetchrow", "forward"):
-        patches.append(Patch("asyncpg.cursor", f"Cursor.{name}", _protecting(f"cursor_{name}", _target_of_resource),
-                             "asyncpg"))
+        patches.append(Patch("asyncpg.cursor", f"Cursor.{name}", _on_resource(f"cursor_{name}"), "asyncpg"))
     for module, target in (("asyncpg.transaction", "Transaction.__aexit__"),
                            ("asyncpg.transaction", "Transaction.commit"),
                            ("asyncpg.transaction", "Transaction.rollback"),
