@@ -305,6 +305,7 @@ class CircuitBreaker(CallingStyles):
                              for s, index in _STATE_INDEX.items()}
             time_in_state[state] += max(0.0, now - self._since)
             counters = self._counters
+            # (gauges took the closed stay's lock-free tally in.)
             successes = counters.success + (stay.fast_successes if isinstance(stay, _states.Closed) else 0)
             return BreakerSnapshot(
                 name=self.name,
@@ -399,6 +400,9 @@ class CircuitBreaker(CallingStyles):
         with self._lock:
             if self._histogram is None:
                 self._histogram = DurationHistogram()
+                stay = self._current
+                if isinstance(stay, _states.Closed):
+                    stay.settle(self)  # durations are recorded under the lock: no more lock-free successes
 
     def attach_failure_detector(self, detector: _states.FailureDetector | None) -> None:
         """Consult ``detector`` on every closed-state outcome (see ``_states.FailureDetector``);

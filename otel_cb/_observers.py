@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._state import StateChangeEvent
 
 __all__ = ["Observer", "add_observer", "call_safely", "live_breakers", "notify", "observers",
-           "refresh", "remove_observer"]
+           "refresh", "rejections_observed", "remove_observer"]
 
 logger = logging.getLogger("otel_cb")
 
@@ -61,6 +61,11 @@ observers: tuple[Any, ...] = ()
 # hook -> (observer, bound method) for every observer that has it now: notify()
 # reads one entry instead of asking each observer (a rejection is a hot path).
 _hooks: dict[str, tuple[tuple[Any, Callable[..., Any]], ...]] = {}
+# Some observer has a ``call_rejected`` hook now. Rejecting reads this one
+# name, not ``observers``: telemetry, on by default, stays registered but
+# drops that hook while nothing could take a rejection (no tracer or logger
+# provider), and a rejection nobody hears skips the observer path.
+rejections_observed = False
 _lock = threading.Lock()
 _already_logged: set[tuple[int, str]] = set()
 
@@ -147,7 +152,7 @@ def refresh() -> None:
 
 
 def _refresh() -> None:
-    global _hooks
+    global _hooks, rejections_observed
     found: dict[str, list[tuple[Any, Callable[..., Any]]]] = {}
     for observer in observers:
         for hook in _HOOKS:
@@ -155,6 +160,7 @@ def _refresh() -> None:
             if method is not None:
                 found.setdefault(hook, []).append((observer, method))
     _hooks = {hook: tuple(methods) for hook, methods in found.items()}
+    rejections_observed = "call_rejected" in _hooks
 
 
 def call_safely(target: Callable[..., Any], what: str, *args: Any, default: Any = None) -> Any:

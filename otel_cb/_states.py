@@ -36,9 +36,12 @@ Where things live:
   breaker's adaptive detector (``_detection.AdaptiveDetector``: the
   ``failure_threshold`` rule when ``adaptive`` is on) and an optional
   ``FailureDetector`` (an extension point: ``CircuitBreaker.attach_failure_detector``),
-  consulted after the built-in rules. Its ``on_success`` is the hot path: one
-  lock round trip, no allocation (the adaptive detector reads the successes
-  from ``fast_successes`` when the next failure comes).
+  consulted after the built-in rules. Its ``on_success`` is the hot path: no
+  lock and no allocation while the window is steady (``free_until``: no
+  bucket to age, ``minimum_calls`` reached), one ``next`` on a tally that
+  whoever next holds the lock adds to the stay in bulk; otherwise one lock
+  round trip (the adaptive detector reads the successes from
+  ``fast_successes`` when the next failure comes).
 - ``Open``: the deadline, the health-check results of the stay, and
   ``may_probe(now)``, the one decision "may a probe go now?" (worked out
   ahead as ``probe_at`` by ``reckon`` whenever the stay's terms change): the open timeout
@@ -62,6 +65,7 @@ releasing the lock).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from typing import TYPE_CHECKING, NoReturn, Protocol
@@ -84,11 +88,8 @@ _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
+_NEVER = -math.inf
 NO_RESULT: object = object()  # ``on_success`` without a returned value to judge
-# The observer hook told of a rejection. Rejecting tests for the hook, not for
-# observers at all: telemetry, on by default, stays registered but drops this
-# hook while nothing could take a rejection (no tracer or logger provider).
-_REJECTED = "call_rejected"
 
 
 class FailureDetector(Protocol):
@@ -235,14 +236,14 @@ class State:
 class Closed(State):
     """Calls are admitted and recorded; the rules (and a detector) decide when to open."""
 
-    __slots__ = ("window", "add_success", "streak", "streak_mark", "fast_successes", "fast_below", "detector")
+    __slots__ = ("window", "streak", "streak_mark", "fast_successes", "fast_below", "free_until", "tally",
+                 "tallied", "detector")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         super().__init__(_CLOSED)
         window = breaker._window
         window.reset()
         self.window = window
-        self.add_success = window.add_success  # bound once: the hot path calls it
         # Successes of the fast path, added to the breaker's counters when the
         # stay ends. They also end the failure streak: ``streak`` counts only
         # while ``fast_successes`` still equals ``streak_mark`` (its value at
@@ -250,6 +251,16 @@ class Closed(State):
         self.fast_successes = 0
         self.streak = 0
         self.streak_mark = 0
+        # Fast successes ending before ``free_until`` take no lock: each takes
+        # one value of ``tally`` (``next`` on an ``itertools.count`` is one
+        # atomic step for the interpreter), and the stay adds them to
+        # ``fast_successes`` and the window in bulk (``take_tally``) before it
+        # records or reads anything under the lock (settle says when a call
+        # under the lock need not). ``tallied``: the values taken so far, by
+        # successes already added and by the takes themselves.
+        self.tally = itertools.count()
+        self.tallied = 0
+        self.free_until = _NEVER  # see settle
         self.detector: FailureDetector | None = None
         self.fast_below = breaker._slow_at
         self.use_detector(breaker, breaker._detector)
@@ -268,30 +279,95 @@ class Closed(State):
             _observers.call_safely(detector.reset, f"failure detector of circuit breaker {breaker.name!r}")
 
     def on_success(self, breaker: CircuitBreaker, start: float, end: float, result: object = NO_RESULT) -> None:
-        """The hot path: a fast success of the current stay. Anything else takes the full rules."""
+        """The hot path: a fast success of the current stay. Anything else takes the full rules.
+
+        A fast success (not slow, nothing to judge it with: ``use_detector``)
+        that ends before ``free_until`` takes no lock (see ``__init__``); the
+        others take it, and may age the window or bring it to ``minimum_calls``.
+        """
         duration = end - start
-        lock = breaker._lock
-        lock.acquire()
-        if duration < self.fast_below:  # -inf once the stay has ended (see leave)
+        if end < self.free_until and duration < self.fast_below:
+            counted = next(self.tally)  # ends the failure streak too, once taken (see __init__)
+            # The bound fell while this one was counted: it may have come too late for the take that followed.
+            if end >= self.free_until and self.counted_too_late(breaker, counted, start, end):
+                return
+        else:
+            lock = breaker._lock
+            lock.acquire()
+            if duration >= self.fast_below:  # -inf once the stay has ended (see leave)
+                lock.release()
+                State.on_success(self, breaker, start, end, result)
+                return
             try:
-                self.fast_successes += 1  # ends the failure streak too (see __init__)
+                if self.free_until != _NEVER:  # successes counted without the lock may wait (see settle)
+                    self.take_tally()
+                self.fast_successes += 1
                 histogram = breaker._histogram
                 if histogram is not None:
                     histogram.record(0, duration)
-                event = self.check_rates(breaker, end, None) if self.add_success(end) else None
+                aged = self.window.add_success(end)
+                if histogram is None:  # with one the bound stays down (see settle)
+                    self.settle(breaker)
+                event = self.check_rates(breaker, end, None) if aged else None
             finally:
                 lock.release()
             if event is not None:
                 breaker._announce(event)
-            elif breaker._shared is not None:
-                _observers.call_safely(breaker._shared.on_outcome, "shared state", False, False)
-            return
-        lock.release()
-        State.on_success(self, breaker, start, end, result)
+                return
+        if breaker._shared is not None:
+            _observers.call_safely(breaker._shared.on_outcome, "shared state", False, False)
+
+    def counted_too_late(self, breaker: CircuitBreaker, counted: int, start: float, end: float) -> bool:
+        """A lock-free success that took value ``counted`` of the tally as the
+        bound fell, and so perhaps after the take that followed (see settle).
+        If the stay has ended since, it is a stale outcome, counted now: returns
+        True. Otherwise the stay takes it in now."""
+        lock = breaker._lock
+        lock.acquire()
+        try:
+            if self is breaker._current:
+                self.take_tally()
+                return False
+            # An ended stay took its tally for the last time in ``leave``.
+            stale = counted >= self.tallied
+        finally:
+            lock.release()
+        if stale:
+            State.on_outcome(self, breaker, start, end, False)  # counted; moves nothing
+        return stale
+
+    def take_tally(self) -> None:
+        """Add the successes counted without the lock since the last take to the stay. Lock held."""
+        value = next(self.tally)  # the take's own value: see __init__
+        counted = value - self.tallied
+        self.tallied = value + 1
+        if counted:
+            self.fast_successes += counted
+            self.window.add_successes(counted)
+
+    def settle(self, breaker: CircuitBreaker) -> None:
+        """Work out ``free_until`` once the window has changed. Lock held.
+
+        A success ending before the window's ``steady_until`` can neither age
+        it nor bring it to ``minimum_calls``, so the rules have nothing to
+        check; durations for a histogram are recorded under the lock. When the
+        bound falls (here and in ``leave`` only), the tally is taken right
+        after, so that while it is down no success waits to be taken but those
+        still being counted, which find it fallen and see to themselves
+        (``counted_too_late``): a call under the lock then need not take it.
+        """
+        bound = self.window.steady_until() if breaker._histogram is None else _NEVER
+        if bound == _NEVER and self.free_until != _NEVER:
+            self.free_until = _NEVER
+            self.take_tally()
+        else:
+            self.free_until = bound
 
     def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
               retry_after: float | None) -> StateChangeEvent | None:
+        self.take_tally()  # first: the streak and the window see those successes in their place
         self.window.record(now, failed, slow)
+        self.settle(breaker)
         if failed:
             streak = self.consecutive_failures() + 1
             self.streak = streak
@@ -332,13 +408,19 @@ class Closed(State):
         return None
 
     def leave(self, breaker: CircuitBreaker) -> None:
-        breaker._counters.success += self.fast_successes
-        self.fast_successes = 0
         # An ended stay's outcomes are stale: they take the full path, which
-        # counts them and moves nothing. The hot path tests only this bound.
+        # counts them and moves nothing. The hot path tests only these bounds;
+        # the lock-free one falls before the last take of the tally, so a
+        # success counted after that take finds it fallen (see settle).
+        self.free_until = _NEVER
         self.fast_below = -math.inf
+        value = next(self.tally)  # the last take, into the counters: the window may be the next stay's already
+        breaker._counters.success += self.fast_successes + value - self.tallied
+        self.tallied = value + 1
+        self.fast_successes = 0
 
     def gauges(self, breaker: CircuitBreaker, now: float) -> tuple[int, int, int, int, int, float | None]:
+        self.take_tally()  # snapshot() and activity() read fast_successes after this
         # Read without aging the window: aging is the record path's job, which
         # re-checks the rate rules when it happens.
         total, failures, slow = self.window.counts(now)
@@ -417,7 +499,7 @@ class Open(State):
             retry = self.until - now
             if retry < 0.0:  # a trusted health check holds the breaker open past its timeout
                 retry = 0.0
-            if _REJECTED in _observers._hooks:
+            if _observers.rejections_observed:  # not observers at all: see _observers
                 _raise_observed(breaker, CircuitOpenError(breaker.name, _OPEN, retry))
             # Raised unnamed: no error -> traceback -> frame -> error cycle, so it is freed at once.
             raise CircuitOpenError(breaker.name, _OPEN, retry)
@@ -527,7 +609,7 @@ class ForcedOpen(State):
 
     def admit(self, breaker: CircuitBreaker) -> State:
         next(breaker._counters.rejections)
-        if _REJECTED in _observers._hooks:
+        if _observers.rejections_observed:
             _raise_observed(breaker, CircuitOpenError(breaker.name, _FORCED_OPEN, None))
         raise CircuitOpenError(breaker.name, _FORCED_OPEN, None)  # unnamed: see Open.admit
 

@@ -5,11 +5,16 @@ outcome is O(1) amortised. Neither is thread-safe: the breaker calls them under
 its lock. Buckets are allocated on the first recorded call, so an idle breaker
 costs almost nothing.
 
-``add_success`` is the breaker's hot path (a fast success in the closed
-state); it returns True when the rate rules must be looked at again: older
-outcomes have just left the window (the one way a success can raise a rate), or
-the window has just reached ``check_at`` calls (the closed state's
-``minimum_calls``), so the breaker re-checks its rules only then.
+``add_success`` records a success that was not slow; it returns True when
+the rate rules must be looked at again: older outcomes have just left the
+window (the one way a success can raise a rate), or the window has just reached
+``check_at`` calls (the closed state's ``minimum_calls``), so the breaker
+re-checks its rules only then.
+
+``steady_until`` says until when neither can happen: a success ending before
+then changes nothing the rules could act on. The closed state counts such
+successes without the lock and hands them over in bulk (``add_successes``)
+before anything reads or records under the lock.
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ class TimeWindow:
             total = self.total = self.total + 1
             return total == self._check_at
         return self.record(now, False, False) or self.total == self._check_at
+
+    def steady_until(self) -> float:
+        """Until when a success ages nothing and brings the window to no threshold:
+        the end of the newest bucket once the window holds ``check_at`` calls, else -inf."""
+        return self._head_end if self.total >= self._check_at else _NEVER
+
+    def add_successes(self, count: int) -> None:
+        """Add ``count`` successes that were not slow, all in the newest bucket
+        (successes that ended before ``steady_until()``, or arrived late)."""
+        self._calls[self._head_slot] += count
+        self.total += count
 
     def record(self, now: float, failed: bool, slow: bool) -> bool:
         """Add one outcome observed at ``now``; True when older outcomes just expired."""
@@ -148,6 +164,34 @@ class CountWindow:
         out the oldest call cannot raise a rate)."""
         self.record(now, False, False)
         return self.total == self._check_at
+
+    def steady_until(self) -> float:
+        """Forever once the window holds ``check_at`` calls (it never ages), else -inf."""
+        return math.inf if self.total >= self._check_at else _NEVER
+
+    def add_successes(self, count: int) -> None:
+        """Add ``count`` successes that were not slow, as ``count`` calls to ``record``
+        would (the oldest calls fall out), in at most two slice operations."""
+        size = self._size
+        ring = self._ring
+        if not ring:
+            ring = self._ring = bytearray(size)
+        count = min(count, size)
+        pos = self._pos
+        end = pos + count
+        # The calls pushed out: a slice of the ring, wrapping round at most once.
+        # Free slots (the window not yet full) hold zeros and push out nothing.
+        pushed = ring[pos:end] + ring[:max(0, end - size)]
+        both = pushed.count(3)  # failed and slow (see record)
+        self.failures -= pushed.count(1) + both
+        self.slow -= pushed.count(2) + both
+        if end <= size:
+            ring[pos:end] = bytes(count)
+        else:
+            ring[pos:] = bytes(size - pos)
+            ring[:end - size] = bytes(end - size)
+        self.total = min(size, self.total + count)
+        self._pos = end % size
 
     def record(self, now: float, failed: bool, slow: bool) -> bool:
         """Add one outcome; the oldest falls out once the ring is full. Returns False."""

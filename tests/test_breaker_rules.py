@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, StateChangeEvent
+from otel_cb._window import CountWindow, TimeWindow
 
 from .conftest import FakeClock
 
@@ -158,6 +162,44 @@ def test_count_window_smaller_than_minimum_calls_still_applies_the_rates(clock: 
     cb, _ = make(clock, failure_rate_threshold=1.0, minimum_calls=10, window_type="count", window_size=3)
     fail(cb, 3)
     assert cb.state is OPEN
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 8), calls=st.lists(st.sampled_from([(False, False), (True, False), (False, True),
+                                                               (True, True)]), max_size=20),
+       bulk=st.integers(0, 20))
+def test_count_window_takes_successes_in_bulk_as_one_by_one(
+        size: int, calls: list[tuple[bool, bool]], bulk: int) -> None:
+    # The closed state hands over the successes it counted without the lock in bulk.
+    one_by_one, in_bulk = CountWindow(size), CountWindow(size)
+    for window in (one_by_one, in_bulk):
+        for failed, slow in calls:
+            window.record(0.0, failed, slow)
+    for _ in range(bulk):
+        one_by_one.record(0.0, False, False)
+    in_bulk.add_successes(bulk)
+    assert in_bulk.counts(0.0) == one_by_one.counts(0.0)
+    for failed, slow in calls:  # and they age alike afterwards
+        one_by_one.record(0.0, failed, slow)
+        in_bulk.record(0.0, failed, slow)
+        assert in_bulk.counts(0.0) == one_by_one.counts(0.0)
+
+
+def test_steady_until_bounds_the_successes_that_cannot_move_a_rule() -> None:
+    window = TimeWindow(10, check_at=2)  # 1 s buckets
+    assert window.steady_until() == -math.inf  # nothing recorded yet
+    window.record(100.5, True, False)
+    assert window.steady_until() == -math.inf  # below check_at: a success could bring it there
+    window.add_success(100.6)
+    assert window.steady_until() == 101.0  # the end of the newest bucket: a later success ages it
+    window.add_successes(3)
+    assert window.counts(100.9) == (5, 1, 0)
+    assert window.counts(110.5) == (0, 0, 0)
+    count = CountWindow(3, check_at=2)
+    count.record(0.0, True, False)
+    assert count.steady_until() == -math.inf
+    count.add_successes(1)
+    assert count.steady_until() == math.inf  # a count window never ages
 
 
 # -- open -> half-open -> closed / open -------------------------------------------

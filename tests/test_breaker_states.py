@@ -1,10 +1,13 @@
-"""The state machine's seams: one class per state, a closed-state detector, the open state's probe decision."""
+"""The state machine's seams: one class per state, a closed-state detector, the open state's probe decision,
+the closed state's lock-free successes."""
 
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 import weakref
+from collections.abc import Callable
 
 import pytest
 
@@ -153,3 +156,131 @@ def test_a_rejection_is_freed_without_the_cycle_collector() -> None:
         assert [ref() for ref in refs] == [None, None, None]
     finally:
         gc.enable()
+
+
+# -- the closed state's lock-free successes ------------------------------------------
+
+
+def _lock_free(breaker: CircuitBreaker) -> _states.Closed:
+    """The closed stay, checked to count its next success without the lock."""
+    stay = breaker._current
+    assert isinstance(stay, _states.Closed)
+    assert breaker.clock() < stay.free_until
+    return stay
+
+
+class _TallyWithAStep:
+    """The closed stay's tally, running ``step`` once, just before or just after
+    the next success takes its value: the two ways a thread can interleave there."""
+
+    def __init__(self, start: int, step: Callable[[], object], before: bool) -> None:
+        self._count = itertools.count(start)
+        self._step: Callable[[], object] | None = step
+        self._before = before
+
+    def __next__(self) -> int:
+        step, self._step = self._step, None
+        if step is not None and self._before:
+            step()
+        value = next(self._count)
+        if step is not None and not self._before:
+            step()
+        return value
+
+
+def _interleave(stay: _states.Closed, breaker: CircuitBreaker, step: Callable[[], object], before: bool) -> None:
+    breaker.snapshot()  # takes the tally: a fresh count from ``tallied`` on goes on where it stood
+    stay.tally = _TallyWithAStep(stay.tallied, step, before)  # type: ignore[assignment]
+
+
+def test_successes_without_the_lock_reach_the_counters_window_and_activity(clock: FakeClock) -> None:
+    breaker = CircuitBreaker("tally", CircuitBreakerConfig(minimum_calls=3), clock=clock)
+    guarded = breaker(lambda: 1)
+    for _ in range(3):  # the window reaches minimum_calls under the lock
+        guarded()
+    stay = _lock_free(breaker)
+    activity = breaker.activity()[0]
+    for _ in range(5):
+        guarded()
+    assert breaker.activity()[0] == activity + 5
+    assert stay.fast_successes == 8  # taken in by that reading
+    snap = breaker.snapshot()
+    assert snap.calls["success"] == 8 and snap.buffered_calls == 8
+    clock.advance(120)  # a success in a new bucket takes the lock and ages the window
+    guarded()
+    assert breaker.snapshot().buffered_calls == 1 and breaker.snapshot().calls["success"] == 9
+    guarded()
+    guarded()
+    _lock_free(breaker)
+    guarded()  # no reading takes this one in: the stay's end does
+    breaker.force_open()
+    assert breaker.snapshot().calls["success"] == 12
+
+
+def test_a_success_without_the_lock_ends_the_failure_streak(clock: FakeClock) -> None:
+    breaker = CircuitBreaker("streak", CircuitBreakerConfig(failure_threshold=3, adaptive=False, minimum_calls=2,
+                                                            failure_rate_threshold=None), clock=clock)
+    guarded = breaker(lambda: 1)
+    guarded()
+    guarded()
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(_boom)
+    _lock_free(breaker)
+    guarded()
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(_boom)
+    assert breaker.state is CircuitState.CLOSED and breaker.snapshot().consecutive_failures == 2
+    with pytest.raises(Boom):
+        breaker.call(_boom)
+    assert breaker.state is CircuitState.OPEN
+
+
+def _steady(name: str, clock: FakeClock) -> tuple[CircuitBreaker, Callable[[], int], _states.Closed]:
+    breaker = CircuitBreaker(name, CircuitBreakerConfig(minimum_calls=2), clock=clock)
+    guarded = breaker(lambda: 1)
+    guarded()
+    guarded()
+    return breaker, guarded, _lock_free(breaker)
+
+
+BEFORE_OR_AFTER = pytest.mark.parametrize("before", [True, False], ids=["step-first", "success-counted-first"])
+
+
+@BEFORE_OR_AFTER
+def test_a_success_counted_while_its_stay_ends_is_counted_once_and_moves_nothing(
+        clock: FakeClock, before: bool) -> None:
+    breaker, guarded, stay = _steady("racing", clock)
+    # reset() ends the stay while the success is being counted: before it takes
+    # its value (too late for the stay: a stale outcome) or just after (the
+    # stay's last take has it).
+    _interleave(stay, breaker, breaker.reset, before)
+    assert guarded() == 1
+    assert breaker._current is not stay
+    snap = breaker.snapshot()
+    assert snap.calls["success"] == 3
+    assert snap.buffered_calls == 0  # the new stay's window never saw it
+
+
+@BEFORE_OR_AFTER
+def test_a_success_counted_while_the_bound_falls_stays_with_the_current_stay(clock: FakeClock, before: bool) -> None:
+    breaker, guarded, stay = _steady("histogram", clock)
+    # Durations are recorded under the lock from now on: the bound falls as
+    # the success is counted, and the stay goes on.
+    _interleave(stay, breaker, breaker.enable_duration_histogram, before)
+    guarded()
+    assert stay.free_until == -float("inf") and breaker._current is stay
+    assert stay.fast_successes == 3  # taken in before the call returned: no call under the lock takes it now
+    guarded()  # under the lock: its duration is recorded
+    snap = breaker.snapshot()
+    assert snap.calls["success"] == 4 and snap.buffered_calls == 4
+    assert snap.durations["success"].count == 1
+
+
+def test_when_the_bound_falls_the_stay_takes_its_tally(clock: FakeClock) -> None:
+    breaker, guarded, stay = _steady("settle", clock)
+    guarded()  # without the lock: waits to be taken
+    assert stay.fast_successes == 2
+    breaker.enable_duration_histogram()
+    assert stay.fast_successes == 3  # no call under the lock takes the tally while the bound is down

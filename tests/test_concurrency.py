@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -68,6 +69,48 @@ def test_eight_threads_lose_no_update(clock: FakeClock) -> None:
     assert snap.calls == {"success": successes, "failure": failures, "ignored": 0, "rejected": 0}
     assert snap.buffered_calls == successes + failures  # the window saw every call too
     assert snap.failure_rate == failures / (successes + failures)
+
+
+def test_successes_racing_stay_ends_and_readings_are_each_counted_once(clock: FakeClock) -> None:
+    # Closed-state successes take no lock once the window is steady (always,
+    # on a clock that stands still); resets end stays and readings take their
+    # tallies in, from a thread of their own, while eight threads succeed. A
+    # success lost or counted twice in the handover shows in the total. (The
+    # two narrowest interleavings, a stay ending just before or just after a
+    # success takes its value, are played step by step in test_breaker_states.)
+    cb = CircuitBreaker("tally_race", CircuitBreakerConfig(**QUIET, minimum_calls=1), clock=clock)  # type: ignore[arg-type]
+    per_thread = 20_000
+    returned = [0] * THREADS
+
+    @cb
+    def work() -> int:
+        return 1
+
+    def succeed(index: int) -> None:
+        for _ in range(per_thread):
+            returned[index] += work()
+
+    def churn() -> None:
+        while any(t.is_alive() for t in workers):
+            cb.reset()
+            cb.snapshot()
+            cb.activity()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=succeed, args=(i,)) for i in range(THREADS)]
+        churner = threading.Thread(target=churn)
+        for t in workers:
+            t.start()
+        churner.start()
+        for t in [*workers, churner]:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not churner.is_alive()
+    assert sum(returned) == THREADS * per_thread
+    assert cb.snapshot().calls == {"success": THREADS * per_thread, "failure": 0, "ignored": 0, "rejected": 0}
 
 
 def test_no_lock_is_held_while_the_protected_call_runs() -> None:
