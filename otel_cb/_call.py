@@ -44,7 +44,10 @@ class Call:
         service: gRPC ``"pkg.Service"``; empty otherwise.
         url: HTTP only: the URL without userinfo, for routing decisions and
             fallbacks. It may hold a path and a query, so it never goes into
-            breaker names, span attributes, metric labels or logs.
+            breaker names, span attributes, metric labels or logs. An
+            integration may pass a function of ``request`` instead
+            (``url=lambda request: ...``): it runs on the first read of
+            ``call.url``, so a call whose URL nobody reads never builds it.
         request: The client's own request object when there is one
             (``httpx.Request``, a gRPC request message), else None.
     """
@@ -56,16 +59,49 @@ class Call:
     url: str = ""
     request: object = None
 
-    def __init__(self, kind: CallKind, target: str, method: str = "", service: str = "", url: str = "",
-                 request: object = None) -> None:
+    def __init__(self, kind: CallKind, target: str, method: str = "", service: str = "",
+                 url: str | Callable[[Any], str] = "", request: object = None) -> None:
         # The dataclass's own __init__, with object.__setattr__ looked up once instead of per field:
         # every protected call builds a Call, and this is a sixth of its cost.
         _set(self, "kind", kind)
         _set(self, "target", target)
         _set(self, "method", method)
         _set(self, "service", service)
-        _set(self, "url", url)
+        _set_url(self, url)  # past the deferring descriptor below, straight into the slot
         _set(self, "request", request)
+
+
+class _DeferredURL:
+    """``Call.url``: the slot's value, or what the function of ``request`` the slot holds returns (then kept).
+
+    Every protected HTTP request builds a Call, and few ever read its URL (a
+    stale-cache key, a hook that asks): building the text only then saves
+    each request the client's URL serialisation.
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def __get__(self, call: Call | None, owner: type | None = None) -> Any:
+        if call is None:
+            return self
+        value = self._slot.__get__(call, owner)
+        if value.__class__ is not str and callable(value):
+            value = value(call.request)
+            self._slot.__set__(call, value)
+        return value
+
+    def __set__(self, call: Call, value: object) -> None:
+        self._slot.__set__(call, value)  # object.__setattr__, as the frozen dataclass's own __init__ uses
+
+    def __delete__(self, call: Call) -> None:
+        self._slot.__delete__(call)
+
+
+_set_url = vars(Call)["url"].__set__
+Call.url = _DeferredURL(vars(Call)["url"])  # type: ignore[assignment,misc]
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,8 +105,13 @@ def describe(request: httpx.Request) -> Call | None:
         if len(_targets) >= _MAX_TARGETS:
             _targets.clear()
         _targets[key] = target
-    full = str(url.copy_with(username=None, password=None) if url.userinfo else url)
-    return Call(kind="http", target=target, method=request.method, url=full, request=request)
+    # The URL text is built only if something reads call.url (a stale-cache key, a hook).
+    return Call("http", target, request.method, "", _url_text, request)
+
+
+def _url_text(request: httpx.Request) -> str:
+    url = request.url
+    return str(url.copy_with(username=None, password=None) if url.userinfo else url)
 
 
 def _target_of(url: httpx.URL) -> str | None:
