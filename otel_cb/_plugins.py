@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,7 +124,18 @@ class PluginInfo:
         return self.status == "loaded"
 
 
+# The entry points of the group, for one sys.path: reading them (and each distribution's
+# metadata) costs milliseconds, and start-up asks several times (config check, keys, plugins).
+_found: tuple[tuple[str, ...], list[Any]] | None = None
+_facts: dict[int, tuple[object, str, str]] = {}  # id(distribution) -> (it, name, version)
+
+
 def _entry_points() -> list[Any]:
+    global _found
+    path = tuple(sys.path)
+    found = _found
+    if found is not None and found[0] == path:
+        return found[1]
     from importlib.metadata import entry_points
 
     seen: set[tuple[str, str]] = set()
@@ -134,7 +146,24 @@ def _entry_points() -> list[Any]:
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             unique.append(ep)
-    return sorted(unique, key=lambda ep: ep.name)
+    unique.sort(key=lambda ep: ep.name)
+    _found = (path, unique)
+    _facts.clear()
+    return unique
+
+
+def _distribution_of(ep: Any) -> tuple[str, str]:
+    """(name, version) of the distribution declaring ``ep``; ("", "") if unknown. One metadata read each."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "", ""
+    known = _facts.get(id(dist))
+    if known is None or known[0] is not dist:
+        metadata = dist.metadata
+        version = metadata["Version"] if "Version" in metadata else dist.version  # (dist.version parses again)
+        known = (dist, str(metadata["Name"]), str(version))
+        _facts[id(dist)] = known  # holds the distribution: its id cannot be reused meanwhile
+    return known[1], known[2]
 
 
 def _describe(error: BaseException) -> str:
@@ -160,9 +189,7 @@ def discover(manager: pluggy.PluginManager | None, disabled: Iterable[str] = (),
     skip = frozenset(disabled)
     infos = []
     for ep in _entry_points():
-        dist = getattr(ep, "dist", None)
-        dist_name = str(dist.metadata["Name"]) if dist is not None else ""
-        version = str(dist.version) if dist is not None else ""
+        dist_name, version = _distribution_of(ep)
         if ep.name in skip:
             infos.append(PluginInfo(ep.name, ep.value, dist_name, version, "disabled"))
             continue
@@ -542,6 +569,11 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
         Per key, ``(plugin_name, validate)`` of each plugin that declared it
         (a validator that several plugins declare for one key, once).
     """
+    global _declared
+    found = _entry_points()
+    declared = _declared
+    if declared is not None and declared[0] is found:  # the same plugins declare the same keys
+        return declared[1]
     manager = new_manager()
     register(manager, _SharedStateKeys(), "otel_cb.shared_state")
     discover(manager, quiet=True)
@@ -557,4 +589,9 @@ def config_keys() -> dict[str, list[tuple[str, SectionValidator]]]:
             # Plugins sharing a key and its validator (httpx and requests: failure_statuses) check it once.
             if all(check is not known for _, known in declarers):
                 declarers.append((plugin_name, check))
+    _declared = (found, keys)
     return keys
+
+
+# config_keys()'s answer for one list of entry points (held, so its identity is not reused).
+_declared: tuple[list[Any], dict[str, list[tuple[str, SectionValidator]]]] | None = None

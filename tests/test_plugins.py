@@ -245,3 +245,37 @@ def test_discovery_reports_loaded_disabled_and_failed(monkeypatch: pytest.Monkey
     assert table[0].split() == ["NAME", "DISTRIBUTION", "VERSION", "STATUS"]
     assert table[1].split() == ["good", "acme-plugin", "2.0", "loaded"]
     assert _plugins.format_plugins([]) == "no plugins found in entry-point group 'otel_cb'"
+
+
+def test_start_up_reads_the_entry_points_and_their_metadata_once(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Any) -> None:
+    # Reading them costs milliseconds each time; instrument() asks for them several times
+    # (config keys, each validation, the plugins), and otel-cb-instrument pays it at every start.
+    import importlib.metadata
+
+    scans: list[str] = []
+    reads: list[str] = []
+    real_scan = importlib.metadata.entry_points
+    real_metadata = importlib.metadata.Distribution.metadata
+
+    def scan(**kwargs: Any) -> Any:
+        scans.append(kwargs.get("group", ""))
+        return real_scan(**kwargs)
+
+    def metadata(self: importlib.metadata.Distribution) -> Any:
+        reads.append(str(getattr(self, "_path", "")))
+        return real_metadata.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", scan)
+    monkeypatch.setattr(importlib.metadata.Distribution, "metadata", property(metadata))
+    monkeypatch.setattr(_plugins, "_found", None, raising=False)
+    try:
+        otel_cb.instrument({"circuit_breakers": {"defaults": {"failure_threshold": 3}}})
+        otel_cb.instrument({"circuit_breakers": {"defaults": {"failure_threshold": 4}}})
+    finally:
+        otel_cb.uninstrument()
+    found = _plugins._entry_points()
+    assert scans == ["otel_cb"]
+    assert len(reads) == len({ep.dist._path for ep in found}) > 0  # one read per distribution
+    monkeypatch.syspath_prepend(str(tmp_path))  # a new sys.path may hold new plugins: scanned again
+    assert _plugins._entry_points() == found and scans == ["otel_cb", "otel_cb"]
