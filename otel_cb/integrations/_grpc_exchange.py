@@ -90,7 +90,7 @@ class Admission:
 class Guard:
     """Routing, admission and judging of one channel's calls, for both shells."""
 
-    __slots__ = ("_breaker", "_selector", "_target", "_failure_codes", "_auto")
+    __slots__ = ("_breaker", "_selector", "_target", "_failure_codes", "_auto", "_offered")
 
     def __init__(self, breaker: CircuitBreaker | None, selector: Selector | None, target: str | bytes,
                  failure_codes: Iterable[grpc.StatusCode | str] | None, auto: bool) -> None:
@@ -105,6 +105,9 @@ class Guard:
         self._target = clean_target(target)
         self._failure_codes = None if failure_codes is None else parse_failure_codes("failure_codes", failure_codes)
         self._auto = auto
+        # The breaker last offered the default health check: a channel's calls mostly go to one
+        # breaker, and an identity test is cheaper on every call than offer_health_check's weak set.
+        self._offered: CircuitBreaker | None = None
 
     def route(self, method: str | bytes, request: object) -> tuple[CircuitBreaker, Call] | None:
         """The breaker and the call description, or None when nothing protects the call."""
@@ -126,7 +129,9 @@ class Guard:
                 return None
             if breaker is None:
                 return None
-        offer_health_check(breaker, call, guarded)
+        if breaker is not self._offered:
+            offer_health_check(breaker, call, guarded)
+            self._offered = breaker
         return breaker, call
 
     def admit(self, method: str | bytes, request: object) -> Admission | None:

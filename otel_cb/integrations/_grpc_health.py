@@ -27,7 +27,6 @@ neither counts them nor refuses them while the breaker is open.
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import threading
 import time
@@ -128,10 +127,6 @@ def offer_health_check(breaker: CircuitBreaker, call: Call, mark: Mark) -> None:
     breaker.add_listener(on_transition)
 
 
-def _same(check: GrpcHealthCheck) -> GrpcHealthCheck:
-    return check
-
-
 def _start_looking(breaker: CircuitBreaker, target: str, service: str, mark: Mark) -> None:
     with _lock:
         if breaker.health_check is not None or breaker in _no_service or breaker in _looking:
@@ -145,16 +140,14 @@ def _look(ref: weakref.ref[CircuitBreaker], target: str, service: str, mark: Mar
     """Ask until the server answers, says it has no Health service, or the breaker leaves open."""
     try:
         while (breaker := ref()) is not None and breaker.health_check is None:
-            config = breaker.config
-            check = GrpcHealthCheck(breaker, target, service, config.health_check_timeout, mark)
+            timeout = breaker.config.health_check_timeout
             try:
-                answer = ask_health(target, service, check.timeout, mark)
+                answer = ask_health(target, service, timeout, mark)
                 reason: Any = None
             except Exception as exc:  # grpcio-health-checking missing, or a broken grpc: no default check
                 answer, reason = "no_service", exc
             if answer in ("serving", "not_serving"):
-                attach_default_health_check(breaker, functools.partial(_same, check))
-                return
+                break
             why = {"no_service": "does not answer grpc.health.v1.Health/Check for its service",
                    "unreachable": "was not reachable for grpc.health.v1.Health/Check on a plaintext channel"}[answer]
             log_once(("grpc", "no-health", breaker.name), "otel-cb: circuit breaker %r: %s %s%s; no default health "
@@ -163,11 +156,15 @@ def _look(ref: weakref.ref[CircuitBreaker], target: str, service: str, mark: Mar
             if answer == "no_service":
                 _no_service.add(breaker)
                 return
-            interval = config.health_check_interval
+            interval = breaker.config.health_check_interval
             if interval is None or breaker.state is not CircuitState.OPEN:
                 return  # asked again at the next opening
-            del breaker, check  # not kept alive by the wait
+            del breaker  # not kept alive by the wait
             time.sleep(interval)
+        else:
+            return
+        check = GrpcHealthCheck(breaker, target, service, timeout, mark)
+        attach_default_health_check(breaker, lambda: check)
     finally:
         breaker = ref()
         if breaker is not None:
