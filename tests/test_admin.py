@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,6 +161,33 @@ def test_a_check_may_run_longer_than_a_request_may(endpoint: AdminServer, monkey
         assert "admin-slow-check: health check passed" in capsys.readouterr().out
     finally:
         otel_cb.registry.remove(slow.name)
+
+
+@pytest.mark.parametrize(("health", "extra"), [
+    ({"timeout": 3}, 3.0),
+    ({"timeout": 1e308}, 0.0), ({"timeout": float("inf")}, 0.0), ({"timeout": float("nan")}, 0.0),
+    ({"timeout": -1}, 0.0), ({"timeout": True}, 0.0), ({"timeout": "30; password=hunter2"}, 0.0),
+    ([1, 2], 0.0), (None, 0.0),
+], ids=["seconds", "huge", "inf", "nan", "negative", "bool", "text", "list", "none"])
+def test_check_waits_only_for_a_timeout_a_breaker_can_have(health: Any, extra: float,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # Whatever the endpoint answers, the wait stays bounded and the command never raises.
+    from otel_cb.admin import _commands
+
+    waits: list[float | None] = []
+
+    def answer(address: Any, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        if method == "GET":
+            return 200, {"name": "p", "health_check": health}
+        waits.append(kwargs.get("timeout"))
+        return 200, {"name": "p", "passed": True, "state": "closed"}
+
+    monkeypatch.setattr(_commands, "request", answer)
+    monkeypatch.setenv("OTEL_CB_ADMIN_ADDRESS", "127.0.0.1:1")
+    assert main(["check", "p"]) == 0
+    assert waits == [_commands.REQUEST_TIMEOUT + extra]
+    assert "hunter2" not in capsys.readouterr().out
 
 
 def test_check_health_of_a_coroutine_check_stays_off_the_callers_loop(

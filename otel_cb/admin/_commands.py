@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import os
 import socket
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from .._config import MAX_SECONDS
 from .._redact import mask
 from ._address import Address, parse_address
 from ._server import ADDRESS_ENV, PREFIX, TOKEN_ENV
@@ -195,10 +195,7 @@ def _act(address: Address, token: str | None, command: str, name: str, fleet: bo
         status, answer = request(address, "GET", path, token=token)
         if status != 200:
             return _refused(status, answer)
-        health = answer.get("health_check") or {}
-        limit = health.get("timeout")
-        if isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0:
-            timeout += float(limit)
+        timeout += _check_timeout(answer)
     status, answer = request(address, "POST", f"{path}/{action}", token=token, body=body, timeout=timeout)
     if status != 200:
         return _refused(status, answer)
@@ -210,6 +207,16 @@ def _act(address: Address, token: str | None, command: str, name: str, fleet: bo
     where = "every process" if answer.get("fleet") else "this process"
     print(f"{answer.get('name', name)}: {answer.get('state', '?')} ({action}, {where})")
     return EXIT_OK
+
+
+def _check_timeout(listing: Mapping[str, Any]) -> float:
+    """The ``health_check.timeout`` a breaker's listing gives, if it is one a breaker can have (a
+    number of seconds in (0, MAX_SECONDS]); else 0. Whatever answered, the wait stays bounded."""
+    health = listing.get("health_check")
+    limit = health.get("timeout") if isinstance(health, Mapping) else None
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit <= MAX_SECONDS:
+        return float(limit)
+    return 0.0
 
 
 _COLUMNS = ("NAME", "STATE", "FAIL%", "SLOW%", "CALLS", "FAILED", "REJECTED", "RETRY_IN", "HEALTH", "SHARED")
