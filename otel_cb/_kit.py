@@ -18,7 +18,13 @@ asks ``select_breaker`` for its breaker, takes a permit, and then uses these:
 - ``attach_default_health_check``: the integration's own health check for a
   breaker it routes to, attached once unless the breaker already has one;
 - ``routing_epoch``: an opaque object that is replaced whenever routing's
-  memo is forgotten, so an integration's own route memo never outlives it.
+  memo is forgotten, so an integration's own route memo never outlives it;
+- ``RouteMemo``: such a memo, written once: an integration's routes by a key
+  of its own (a destination it reads off the client's objects without
+  building a ``Call``), forgotten with routing's;
+- ``listening``: whether an active plugin implements a per-call hook
+  (``otel_cb_classify``, ``otel_cb_fallback``), so an integration builds a
+  ``Call`` for the hooks only when one would read it.
 
 Re-exported by :mod:`otel_cb.plugin`; imports no client library.
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _plugins
 from ._call import Call, Refusal
@@ -38,10 +44,11 @@ if TYPE_CHECKING:
     from ._health import HealthCheck
     from ._state import CircuitState, Verdict
 
-__all__ = ["ExceptionRule", "annotate_span", "attach_default_health_check", "classify_exception", "parse_items",
-           "routing_epoch", "section_settings", "serve_fallback"]
+__all__ = ["ExceptionRule", "RouteMemo", "annotate_span", "attach_default_health_check", "classify_exception",
+           "listening", "parse_items", "routing_epoch", "section_settings", "serve_fallback"]
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 ExceptionRule = Callable[[BaseException], "Verdict | None"]
 """An integration's own rule for an exception: a verdict, or None to leave it to ``record_exceptions``."""
@@ -278,3 +285,75 @@ def routing_epoch() -> object:
     would. Costs one function call; never None.
     """
     return _plugins._routes
+
+
+def listening(hook: str) -> bool:
+    """Whether an active plugin implements ``hook``: ``"otel_cb_classify"`` or ``"otel_cb_fallback"``.
+
+    An integration that builds its ``Call`` only when something reads it
+    asks this before judging a call: with no ``otel_cb_classify`` hook,
+    ``classify`` would answer None without looking at the call. The answer
+    holds for one :func:`routing_epoch` (hooks are resolved when
+    ``instrument()`` runs), so it can be memoised with a route. False while
+    not instrumented, and for any other hook name.
+    """
+    return _plugins.listening(hook)
+
+
+class RouteMemo(Generic[K, T]):
+    """An integration's routes by a key of its own, forgotten whenever routing's memo is.
+
+    ``select_breaker`` memoises per ``(kind, target, service, method)``, but
+    an integration must build the ``Call`` to ask it. A route memo lets a
+    repeat call skip that: the integration keys it by what it reads off the
+    client's own objects (an HTTP request's scheme, host, port and method; a
+    database connection's address), and works the route out only on a miss::
+
+        _ROUTES: RouteMemo[tuple[str, bytes, int | None, str], Route | None] = RouteMemo()
+
+        route = _ROUTES.get(key)
+        if route is RouteMemo.MISS:
+            route = _ROUTES.remember(key, lambda: route_of(request))
+
+    The memo is dropped whole when :func:`routing_epoch` changes (a new
+    config, ``uninstrument()``, the pytest plugin's reset of automatic
+    breakers), so it never answers other than ``select_breaker`` would, and
+    it holds at most ``limit`` keys (then starts afresh). Lock-free: the
+    epoch and its routes are one object swapped whole, so a thread never
+    pairs a new epoch with old routes, and a racing thread's route lands in a
+    memo nobody reads.
+
+    Args:
+        limit: The most keys kept.
+    """
+
+    MISS: Any = _MISSING
+    """What ``get`` returns for a key with no route in this epoch (None is a route: "unprotected")."""
+
+    __slots__ = ("_current", "_limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._current: tuple[object, dict[K, T]] = (None, {})
+        self._limit = limit
+
+    def get(self, key: K) -> T:
+        """The route remembered for ``key`` in the current epoch, else ``RouteMemo.MISS``."""
+        epoch, routes = self._current
+        if epoch is not _plugins._routes:
+            return _MISSING  # type: ignore[no-any-return]
+        return routes.get(key, _MISSING)
+
+    def remember(self, key: K, route: Callable[[], T]) -> T:
+        """Work out ``key``'s route with ``route()``, keep it for this epoch, and return it."""
+        epoch = _plugins._routes  # before routing: a change meanwhile makes the next call route again
+        found = route()
+        current_epoch, routes = self._current
+        if current_epoch is not epoch or len(routes) >= self._limit:
+            routes = {}
+            self._current = (epoch, routes)
+        routes[key] = found
+        return found
+
+    def clear(self) -> None:
+        """Forget every route now (the next call of each key routes afresh)."""
+        self._current = (None, {})

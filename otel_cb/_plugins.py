@@ -514,6 +514,18 @@ def classify(call: Call, result: object, exception: BaseException | None) -> Ver
                 accept=_is_verdict, allowed="'success', 'failure', 'ignored' or None")
 
 
+def listening(hook: str) -> bool:
+    """Whether an active plugin implements ``hook`` (``otel_cb_classify``, ``otel_cb_fallback``); False otherwise."""
+    state = _active
+    if state is None:
+        return False
+    if hook == "otel_cb_classify":
+        return bool(state._classify)
+    if hook == "otel_cb_fallback":
+        return bool(state._fallback)
+    return False
+
+
 def fallback(call: Call, error: BaseException) -> object | None:
     """Ask ``otel_cb_fallback`` for a value to serve instead of raising ``error``.
 

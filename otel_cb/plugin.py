@@ -36,7 +36,11 @@ module of otel-cb; a test enforces it for ours):
   unless it has one (the user's check always wins);
 - ``routing_epoch()`` changes whenever routing's memo is forgotten (a new
   config, ``uninstrument()``, the pytest plugin's reset): an integration's
-  own memo of routes keeps it and re-routes when it changes;
+  own memo of routes keeps it and re-routes when it changes, and
+  ``RouteMemo`` is that memo, written once: routes by a key the integration
+  reads off the client's objects, so a repeat call builds no ``Call``;
+  ``listening(hook)`` says whether a ``Call`` would be read by any
+  ``otel_cb_classify`` / ``otel_cb_fallback`` hook;
 - ``log_once(key, message, ...)`` reports a contained fault once;
   ``breaker.shared_state`` is the breaker's shared-state backend, if any.
 
@@ -55,9 +59,11 @@ from ._call import Call, CallKind, Patch, Refusal, SectionValidator, Wrapper
 from ._config import parse_duration
 from ._kit import (
     ExceptionRule,
+    RouteMemo,
     annotate_span,
     attach_default_health_check,
     classify_exception,
+    listening,
     parse_items,
     routing_epoch,
     section_settings,
@@ -76,6 +82,7 @@ __all__ = [
     "FallbackOutcome",
     "Patch",
     "Refusal",
+    "RouteMemo",
     "SectionValidator",
     "Verdict",
     "Wrapper",
@@ -88,6 +95,7 @@ __all__ = [
     "fallback",
     "hookimpl",
     "hookspec",
+    "listening",
     "log_once",
     "parse_duration",
     "parse_items",

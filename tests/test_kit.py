@@ -388,3 +388,56 @@ def test_a_default_health_check_is_made_once_per_breaker_and_never_replaces_the_
         attach_default_health_check(other, broken)
     assert other.health_check is None
     assert any("default health check of circuit breaker 'kit-broken'" in r.getMessage() for r in caplog.records)
+
+
+# -- RouteMemo and listening ---------------------------------------------------------
+
+
+def test_route_memo_routes_a_key_once_per_epoch_and_forgets_with_routing() -> None:
+    from otel_cb.plugin import RouteMemo, routing_epoch
+
+    otel_cb.instrument()
+    try:
+        memo: RouteMemo[str, int | None] = RouteMemo(limit=2)
+        assert memo.get("a") is RouteMemo.MISS
+        worked: list[str] = []
+        assert memo.remember("a", lambda: worked.append("a") or 1) == 1
+        assert memo.remember("b", lambda: None) is None
+        assert memo.get("a") == 1 and memo.get("b") is None  # None is a route: unprotected
+        assert worked == ["a"]
+        memo.remember("c", lambda: 3)  # over the limit: starts afresh
+        assert memo.get("a") is RouteMemo.MISS and memo.get("c") == 3
+        epoch = routing_epoch()
+        otel_cb.uninstrument()
+        otel_cb.instrument()  # routing's memo, and so this one, forgotten
+        assert routing_epoch() is not epoch
+        assert memo.get("c") is RouteMemo.MISS
+        memo.remember("c", lambda: 4)
+        memo.clear()
+        assert memo.get("c") is RouteMemo.MISS
+    finally:
+        otel_cb.uninstrument()
+    assert memo.get("c") is RouteMemo.MISS
+
+
+def test_listening_says_whether_a_per_call_hook_is_implemented() -> None:
+    from otel_cb.plugin import Call, hookimpl, listening
+
+    assert not listening("otel_cb_classify")  # not instrumented
+
+    class Classifier:
+        @hookimpl
+        def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> str | None:
+            return None
+
+    otel_cb.instrument()
+    try:
+        classified = listening("otel_cb_classify")
+    finally:
+        otel_cb.uninstrument()
+    otel_cb.instrument(plugins=[Classifier()])
+    try:
+        assert listening("otel_cb_classify") and not classified  # no installed plugin classifies
+        assert not listening("otel_cb_select_breaker")  # not a per-call hook
+    finally:
+        otel_cb.uninstrument()

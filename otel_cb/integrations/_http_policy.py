@@ -360,7 +360,7 @@ def retry_after_hint(status: int, header: str | None) -> float | None:
     return parse_retry_after(header) if status in RETRY_AFTER_STATUSES else None
 
 
-def judge_head(call: Call, permit: Permit, response: object, status: int, headers: Mapping[str, str],
+def judge_head(call: Call | None, permit: Permit, response: object, status: int, headers: Mapping[str, str],
                failure_statuses: frozenset[int]) -> bool | None:
     """Judge a response head for every HTTP client: the ``otel_cb_classify`` hooks, else the status.
 
@@ -370,14 +370,15 @@ def judge_head(call: Call, permit: Permit, response: object, status: int, header
     (then the body's end records a plain success, without ``is_failure_result``).
 
     Args:
-        call: The call, as the hooks see it.
+        call: The call, as the hooks see it; None when no ``otel_cb_classify`` hook listens
+            (``listening``), so a client need not build it: the status decides.
         permit: Its permit.
         response: The client's response object, for the hooks.
         status: Its status code.
         headers: Its headers (``.get("retry-after")`` is read on a failure only).
         failure_statuses: The breaker's failing statuses.
     """
-    verdict = classify(call, response, None)
+    verdict = None if call is None else classify(call, response, None)
     hooked = verdict is not None
     if verdict is None:
         verdict = status_verdict(status, failure_statuses)

@@ -21,13 +21,13 @@ import httpx
 from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
 from ..plugin import (
     Call,
+    RouteMemo,
     Verdict,
     annotate_span,
     classify_exception,
     log_once,
     select_breaker,
 )
-from ._http_health import offer_health_check
 from ._http_policy import (
     HTTPSettings,
     StaleCache,
@@ -39,6 +39,7 @@ from ._http_policy import (
     settings_of,
     stale_cache_key,
 )
+from ._http_routes import HTTPRoute, route_http, route_to
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
@@ -55,9 +56,8 @@ FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # What httpcore sends to; any other scheme it refuses with UnsupportedProtocol before any I/O.
 _SCHEMES = frozenset(_DEFAULT_PORTS)
-# (raw scheme, raw host, port) -> target: the per-destination part of describe(), built once.
-_targets: dict[tuple[bytes, bytes, int | None], str] = {}
-_MAX_TARGETS = 4096
+# (scheme, raw host, port, method) -> the route of the patches' requests there; a repeat builds no Call.
+_ROUTES: RouteMemo[tuple[str, bytes, int | None, str], HTTPRoute | None] = RouteMemo()
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
@@ -95,18 +95,9 @@ def describe(request: httpx.Request) -> Call | None:
     (``UnsupportedProtocol``, raised before any I/O) or an empty host. The
     client rejects those itself; no breaker is created or touched for them.
     """
-    url = request.url
-    key = (url.raw_scheme, url.raw_host, url.port)
-    target = _targets.get(key)
-    if target is None:
-        target = _target_of(url)
-        if target is None:
-            return None
-        if len(_targets) >= _MAX_TARGETS:
-            _targets.clear()
-        _targets[key] = target
+    target = _target_of(request.url)
     # The URL text is built only if something reads call.url (a stale-cache key, a hook).
-    return Call("http", target, request.method, "", _url_text, request)
+    return None if target is None else Call("http", target, request.method, "", _url_text, request)
 
 
 def _url_text(request: httpx.Request) -> str:
@@ -151,41 +142,52 @@ class _Router:
     def prepare(self, request: httpx.Request) -> _Exchange | None:
         """The exchange for ``request``, or None when no breaker protects it."""
         try:
-            call = describe(request)
-            if call is None:
-                return None
-            breaker = self._breaker
-            if breaker is None:  # checked in __init__, so only a selector's answer needs checking
-                breaker = select_breaker(call) if self._selector is None else self._selector(call)
-                if breaker is None:
-                    return None
-                if not isinstance(breaker, CircuitBreaker):
-                    log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
-                              "the request goes out unprotected", type(breaker).__name__)
-                    return None
-            settings = settings_of(breaker)
-            offer_health_check(breaker, call, "httpx", settings.health_check)
-            if self._statuses is not None or self._fallback is not None:
-                settings = HTTPSettings(
-                    settings.failure_statuses if self._statuses is None else self._statuses,
-                    settings.fallback if self._fallback is None else self._fallback)
-            return _Exchange(breaker, call, settings)
+            if self._breaker is None and self._selector is None:  # the patches: routes memoised
+                url = request.url
+                key = (url.scheme, url.raw_host, url.port, request.method)
+                route = _ROUTES.get(key)
+                if route is RouteMemo.MISS:
+                    route = _ROUTES.remember(key, lambda: route_http(describe(request), "httpx"))
+                return None if route is None else _Exchange(route, request)
+            return self._hand_wired(request)
         except Exception:
             log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
                       "the request goes out unprotected", exc_info=True)
             return None
 
+    def _hand_wired(self, request: httpx.Request) -> _Exchange | None:
+        call = describe(request)
+        if call is None:
+            return None
+        breaker = self._breaker
+        if breaker is None:  # checked in __init__, so only a selector's answer needs checking
+            breaker = select_breaker(call) if self._selector is None else self._selector(call)
+            if breaker is None:
+                return None
+            if not isinstance(breaker, CircuitBreaker):
+                log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
+                          "the request goes out unprotected", type(breaker).__name__)
+                return None
+        settings = None
+        if self._statuses is not None or self._fallback is not None:
+            own = settings_of(breaker)
+            settings = HTTPSettings(own.failure_statuses if self._statuses is None else self._statuses,
+                                    own.fallback if self._fallback is None else self._fallback)
+        return _Exchange(route_to(breaker, call, "httpx", settings), request, call)
+
 
 class _Exchange:
     """One protected request, from admission to the verdict on its response body."""
 
-    __slots__ = ("breaker", "call", "settings", "permit", "token", "hook_verdict", "cache_key", "chunks", "size",
-                 "response")
+    __slots__ = ("breaker", "request", "route", "settings", "permit", "token", "hook_verdict", "cache_key", "chunks",
+                 "size", "response", "_call")
 
-    def __init__(self, breaker: CircuitBreaker, call: Call, settings: HTTPSettings) -> None:
-        self.breaker = breaker
-        self.call = call
-        self.settings = settings
+    def __init__(self, route: HTTPRoute, request: httpx.Request, call: Call | None = None) -> None:
+        self.breaker = route.breaker
+        self.request = request
+        self.route = route
+        self.settings = route.settings
+        self._call = call
         self.permit: Permit | None = None
         self.token: contextvars.Token[bool] | None = None
         self.hook_verdict = False
@@ -193,6 +195,14 @@ class _Exchange:
         self.chunks: list[bytes] | None = None
         self.size = 0
         self.response: httpx.Response | None = None
+
+    @property
+    def call(self) -> Call:
+        """The request as hooks and fallbacks see it, built when first read (most requests never need it)."""
+        call = self._call
+        if call is None:
+            call = self._call = Call("http", self.route.target, self.request.method, "", _url_text, self.request)
+        return call
 
     # -- before the request ---------------------------------------------------
 
@@ -204,9 +214,7 @@ class _Exchange:
         try:
             self.permit = self.breaker.acquire()
         except CircuitOpenError as error:
-            request = self.call.request
-            http_error = HTTPCircuitOpenError(error.name, error.state, error.retry_after,
-                                              request=request if isinstance(request, httpx.Request) else None)
+            http_error = HTTPCircuitOpenError(error.name, error.state, error.retry_after, request=self.request)
             annotate_span(self.breaker, error.state)
             served = self._fallback(http_error)
             if served is None:
@@ -239,8 +247,8 @@ class _Exchange:
         assert permit is not None
         try:
             status = response.status_code
-            hooked = judge_head(self.call, permit, response, status, response.headers,
-                                self.settings.failure_statuses)
+            hooked = judge_head(self.call if self.route.classified else None, permit, response, status,
+                                response.headers, self.settings.failure_statuses)
             if hooked is None:
                 return response
             self.hook_verdict = hooked
