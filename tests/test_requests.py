@@ -308,6 +308,36 @@ def test_a_probe_closed_early_hands_its_slot_back(server: FaultServer, clock: Fa
     assert breaker.state is CircuitState.CLOSED
 
 
+@pytest.mark.parametrize("read", ["content", "stream", "unread"])
+def test_a_finished_response_and_its_exchange_are_freed_by_reference_counting(
+        server: FaultServer, clock: FakeClock, read: str) -> None:
+    import gc
+    import weakref
+
+    from otel_cb.integrations._requests_exchange import _Exchange
+
+    def exchanges() -> int:
+        return sum(type(thing) is _Exchange for thing in gc.get_objects())
+
+    breaker = CircuitBreaker("freed", config(), clock=clock)
+    with protected(server, breaker) as session:
+        session.get(server.url)  # warm: the first request builds the breaker's settings and the session's pool
+        gc.collect()
+        gc.disable()
+        try:
+            response = session.get(server.url, stream=read != "content")
+            if read == "stream":
+                assert b"".join(response.iter_content(1))  # read through to its end, as iter_lines does
+            alive = weakref.ref(response)
+            del response
+            assert alive() is None  # nothing of ours ties the response into a reference cycle
+            assert exchanges() == 0  # nor keeps its exchange (and permit) after it
+        finally:
+            gc.enable()
+    # Read to the end: judged; dropped unread: no verdict, and no half-open slot kept.
+    assert breaker.snapshot().calls["success"] == (1 if read == "unread" else 2)
+
+
 def test_a_read_error_while_streaming_is_a_failure(server: FaultServer, clock: FakeClock) -> None:
     breaker = CircuitBreaker("truncated", config(), clock=clock)
     server.mode = "truncate"

@@ -8,7 +8,8 @@ is untouched, and OpenTelemetry's requests instrumentation, which replaces
 ``Session.send``, always runs outside it. A healthy response head leaves its
 verdict to the body: ``Response.iter_content`` (what ``.content``, ``.text``,
 ``.json()`` and ``iter_lines`` read through) and ``Response.close`` are
-patched to deliver it.
+patched to deliver it. The exchange waiting for its body rides on the
+response itself (``_EXCHANGE``), so it lives exactly as long as the response.
 
 Written against the public kit only (``otel_cb.plugin``), with the HTTP
 policy shared with httpx (``_http_policy``). Imports requests, so the plugin
@@ -20,7 +21,6 @@ from __future__ import annotations
 import http
 import io
 import re
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,6 +63,15 @@ _NOT_THE_SERVER = (InvalidURL, InvalidHeader, InvalidSchema, MissingSchema, URLR
 # A stored body is the decoded one iter_content yields: its encoding and length headers no longer apply.
 _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _NOT_REPLAYED = frozenset({b"age", b"content-length", b"transfer-encoding"})
+# The response attribute of an exchange whose healthy head waits for its body's end. On the response
+# (whose class has no __slots__) rather than in a weak mapping of pending responses: no weakref and
+# callback per request, and the exchange still goes when the response does, by reference counting (the
+# exchange holds nothing of the response, so no cycle). requests pickles and copies a response by its
+# __attrs__ only, so copies never carry it; each end of the body sets it to None (_forget). Set and read
+# as a plain attribute, never through response.__dict__: materialising an instance's dict makes every
+# attribute access of requests' own code on it miss its specialised fast path (paid per request).
+_EXCHANGE = "_otel_cb_exchange"
+_PreparedRequest = requests.PreparedRequest
 
 
 class RequestsCircuitOpenError(CircuitOpenError, requests.exceptions.ConnectionError):
@@ -185,7 +194,7 @@ class _Exchange:
         return served
 
     def responded(self, response: requests.Response) -> requests.Response:
-        """Judge the head; a healthy one waits for its body (``_PENDING``)."""
+        """Judge the head; a healthy one waits for its body (on the response, ``_EXCHANGE``)."""
         permit = self.permit
         assert permit is not None
         try:
@@ -198,7 +207,7 @@ class _Exchange:
             self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _credentials)
             if self.cache_key is not None:
                 self.chunks = []
-            _PENDING[response] = self
+            response._otel_cb_exchange = self  # type: ignore[attr-defined]  # _EXCHANGE
         except Exception:
             log_once(("requests", "responded"), "otel-cb: classifying a requests response failed; counted as "
                      "no verdict", exc_info=True)
@@ -219,7 +228,7 @@ class _Exchange:
             self.abandon(response)
             raise
         except BaseException as exc:
-            _PENDING.pop(response, None)
+            _forget(response)
             if isinstance(exc, Exception):  # cancellation and interrupts are no verdict
                 try:
                     self.permit.record(  # type: ignore[union-attr]
@@ -233,7 +242,7 @@ class _Exchange:
 
     def abandon(self, response: requests.Response) -> None:
         """Closed before its end: no verdict."""
-        _PENDING.pop(response, None)
+        _forget(response)
         self.chunks = None
         if self.permit is not None:
             self.permit.release()
@@ -247,7 +256,7 @@ class _Exchange:
             self.chunks = None
 
     def _complete(self, response: requests.Response) -> None:
-        _PENDING.pop(response, None)
+        _forget(response)
         permit = self.permit
         if permit is None or permit.done:
             return
@@ -271,8 +280,15 @@ class _Exchange:
                                    lambda configured, call: _configured_response(adapter, configured, call))
 
 
-# Healthy heads whose body is still to be read; weak, so a dropped response takes its exchange along.
-_PENDING: weakref.WeakKeyDictionary[requests.Response, _Exchange] = weakref.WeakKeyDictionary()
+def _pending(response: object) -> _Exchange | None:
+    """The exchange waiting for ``response``'s body; None when there is none (or no longer)."""
+    exchange = getattr(response, _EXCHANGE, None)
+    # A Response subclass's __getattr__ may answer for any name: only our own exchange counts.
+    return exchange if exchange.__class__ is _Exchange else None
+
+
+def _forget(response: requests.Response) -> None:
+    response._otel_cb_exchange = None  # type: ignore[attr-defined]  # _EXCHANGE
 
 
 def _credentials(request: object) -> list[tuple[bytes, bytes]]:
@@ -316,7 +332,7 @@ def _response(adapter: Any, call: Call, status: int, headers: list[tuple[str, st
 def patched_send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``requests.adapters.HTTPAdapter.send``."""
     request = args[0] if args else kwargs.get("request")
-    if not isinstance(request, requests.PreparedRequest):
+    if not isinstance(request, _PreparedRequest):
         return wrapped(*args, **kwargs)
     exchange = _prepare(request)
     if exchange is None:
@@ -334,14 +350,14 @@ def patched_send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ..
 def patched_iter_content(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``requests.Response.iter_content``: a pending body is judged as it ends."""
-    exchange = _PENDING.get(instance) if _PENDING else None
+    exchange = _pending(instance)
     chunks = wrapped(*args, **kwargs)  # raises at once, as unpatched, for a consumed body or a bad chunk size
     return chunks if exchange is None else exchange.watch(instance, chunks)
 
 
 def patched_close(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``requests.Response.close``: a body closed before its end is no verdict."""
-    exchange = _PENDING.get(instance) if _PENDING else None
+    exchange = _pending(instance)
     try:
         return wrapped(*args, **kwargs)
     finally:
