@@ -341,7 +341,7 @@ class RouteMemo(Generic[K, T]):
         epoch, routes = self._current
         if epoch is not _plugins._routes:
             return _MISSING  # type: ignore[no-any-return]
-        return routes.get(key, _MISSING)
+        return routes.get(key, _MISSING)  # type: ignore[no-any-return]
 
     def remember(self, key: K, route: Callable[[], T]) -> T:
         """Work out ``key``'s route with ``route()``, keep it for this epoch, and return it."""

@@ -421,13 +421,13 @@ def test_route_memo_routes_a_key_once_per_epoch_and_forgets_with_routing() -> No
 
 
 def test_listening_says_whether_a_per_call_hook_is_implemented() -> None:
-    from otel_cb.plugin import Call, hookimpl, listening
+    from otel_cb.plugin import hookimpl, listening
 
     assert not listening("otel_cb_classify")  # not instrumented
 
     class Classifier:
         @hookimpl
-        def otel_cb_classify(self, call: Call, result: object, exception: BaseException | None) -> str | None:
+        def otel_cb_classify(self, call: object, result: object, exception: BaseException | None) -> str | None:
             return None
 
     otel_cb.instrument()
