@@ -73,9 +73,9 @@ def successes(breaker: CircuitBreaker) -> int:
 
 
 def memo_of(wrapper: Any) -> dict[object, object]:
-    """The wrapper's current memo (the closure's ``(epoch, memo)``)."""
+    """The wrapper's current memo (its ``RouteMemo``'s ``(epoch, memo)``)."""
     cells = dict(zip(wrapper.__code__.co_freevars, wrapper.__closure__ or (), strict=True))
-    current = cells["current"].cell_contents
+    current = cells["routes"].cell_contents._current
     assert isinstance(current[1], dict)
     return current[1]
 

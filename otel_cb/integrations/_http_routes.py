@@ -2,11 +2,12 @@
 
 A protected request needs its breaker (``select_breaker``), the breaker's
 HTTP settings and, the first time, the offer of its health check. All three
-depend on the destination and the method only, so each client keeps them in
-a ``RouteMemo`` keyed by what it reads off its own request (httpx: scheme,
-host, port, method) and builds the ``Call`` for routing only on a miss. A
-hit costs the key and one dict lookup. The ``Call`` a hook or a fallback
-needs is built later, by the exchange, only when one reads it.
+depend on the destination and the method only, so httpx keeps them in a
+``RouteMemo`` keyed by what it reads off its own request (scheme, host,
+port, method) and builds the ``Call`` for routing only on a miss: a hit
+costs the key and one dict lookup, and the ``Call`` a hook or a fallback
+needs is built later, by the exchange, only when one reads it. requests
+still describes and routes every request here (``route_http``).
 
 Imports no client library.
 """
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..plugin import Call, listening, select_breaker
 from ._http_health import Client, offer_health_check
-from ._http_policy import HTTPSettings, settings_of
+from ._http_policy import HTTPSettings, StaleCache, StaticResponse, settings_of
 
 if TYPE_CHECKING:
     from .. import CircuitBreaker
@@ -58,8 +59,13 @@ def route_http(call: Call | None, client: Client) -> HTTPRoute | None:
     return route_to(breaker, call, client)
 
 
-def route_to(breaker: CircuitBreaker, call: Call, client: Client, settings: HTTPSettings | None = None) -> HTTPRoute:
-    """The route of ``call`` to ``breaker``: with ``settings`` (a hand-wired transport's), else the breaker's own."""
-    own = settings_of(breaker)
-    offer_health_check(breaker, call, client, own.health_check)
-    return HTTPRoute(breaker, own if settings is None else settings, call.target, listening("otel_cb_classify"))
+def route_to(breaker: CircuitBreaker, call: Call, client: Client, failure_statuses: frozenset[int] | None = None,
+             fallback: StaleCache | StaticResponse | None = None) -> HTTPRoute:
+    """The route of ``call`` to ``breaker``, with the breaker's own settings unless a hand-wired
+    transport gave ``failure_statuses`` or ``fallback``."""
+    settings = settings_of(breaker)
+    offer_health_check(breaker, call, client, settings.health_check)
+    if failure_statuses is not None or fallback is not None:
+        settings = HTTPSettings(settings.failure_statuses if failure_statuses is None else failure_statuses,
+                                settings.fallback if fallback is None else fallback)
+    return HTTPRoute(breaker, settings, call.target, listening("otel_cb_classify"))

@@ -29,17 +29,15 @@ from ..plugin import (
     select_breaker,
 )
 from ._http_policy import (
-    HTTPSettings,
     StaleCache,
     StaticResponse,
     judge_head,
     parse_failure_statuses,
     parse_fallback,
     serve_http_fallback,
-    settings_of,
     stale_cache_key,
 )
-from ._http_routes import HTTPRoute, route_http, route_to
+from ._http_routes import HTTPRoute, route_to
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
@@ -56,8 +54,6 @@ FALLBACK_HEADER = "X-Otel-CB-Fallback"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # What httpcore sends to; any other scheme it refuses with UnsupportedProtocol before any I/O.
 _SCHEMES = frozenset(_DEFAULT_PORTS)
-# (scheme, raw host, port, method) -> the route of the patches' requests there; a repeat builds no Call.
-_ROUTES: RouteMemo[tuple[str, bytes, int | None, str], HTTPRoute | None] = RouteMemo()
 # Errors that say nothing about the server: the request was wrong, the client's own pool
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
@@ -120,9 +116,14 @@ def _not_the_server(exc: BaseException) -> Verdict | None:
 
 
 class _Router:
-    """Picks the breaker and the settings for each request of one transport (or of the patches)."""
+    """Picks the breaker and the settings for each request of one transport (or of the patches).
 
-    __slots__ = ("_breaker", "_selector", "_statuses", "_fallback")
+    Without a selector, a request's route depends on its destination and
+    method only, so it is memoised per ``(scheme, host, port, method)`` and a
+    repeat request builds no ``Call``; a selector is asked on every request.
+    """
+
+    __slots__ = ("_breaker", "_selector", "_statuses", "_fallback", "_routes")
 
     def __init__(self, breaker: CircuitBreaker | None = None, selector: Selector | None = None,
                  failure_statuses: object = None, fallback_config: object = None) -> None:
@@ -138,42 +139,44 @@ class _Router:
             parse_failure_statuses("failure_statuses", failure_statuses)
         self._fallback = None if fallback_config is None else parse_fallback(
             "fallback", fallback_config, **({"clock": breaker.clock} if breaker is not None else {}))
+        self._routes: RouteMemo[tuple[str, bytes, int | None, str], HTTPRoute | None] | None = \
+            RouteMemo() if selector is None else None
 
     def prepare(self, request: httpx.Request) -> _Exchange | None:
         """The exchange for ``request``, or None when no breaker protects it."""
         try:
-            if self._breaker is None and self._selector is None:  # the patches: routes memoised
-                url = request.url
-                key = (url.scheme, url.raw_host, url.port, request.method)
-                route = _ROUTES.get(key)
-                if route is RouteMemo.MISS:
-                    route = _ROUTES.remember(key, lambda: route_http(describe(request), "httpx"))
-                return None if route is None else _Exchange(route, request)
-            return self._hand_wired(request)
+            routes = self._routes
+            if routes is None:
+                return self._selected(request)
+            url = request.url
+            key = (url.scheme, url.raw_host, url.port, request.method)
+            route = routes.get(key)
+            if route is RouteMemo.MISS:
+                route = routes.remember(key, lambda: self._route(describe(request)))
+            return None if route is None else _Exchange(route, request)
         except Exception:
             log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
                       "the request goes out unprotected", exc_info=True)
             return None
 
-    def _hand_wired(self, request: httpx.Request) -> _Exchange | None:
+    def _route(self, call: Call | None) -> HTTPRoute | None:
+        if call is None:
+            return None
+        breaker = self._breaker if self._breaker is not None else select_breaker(call)
+        return None if breaker is None else route_to(breaker, call, "httpx", self._statuses, self._fallback)
+
+    def _selected(self, request: httpx.Request) -> _Exchange | None:
         call = describe(request)
         if call is None:
             return None
-        breaker = self._breaker
-        if breaker is None:  # checked in __init__, so only a selector's answer needs checking
-            breaker = select_breaker(call) if self._selector is None else self._selector(call)
-            if breaker is None:
-                return None
-            if not isinstance(breaker, CircuitBreaker):
-                log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
-                          "the request goes out unprotected", type(breaker).__name__)
-                return None
-        settings = None
-        if self._statuses is not None or self._fallback is not None:
-            own = settings_of(breaker)
-            settings = HTTPSettings(own.failure_statuses if self._statuses is None else self._statuses,
-                                    own.fallback if self._fallback is None else self._fallback)
-        return _Exchange(route_to(breaker, call, "httpx", settings), request, call)
+        breaker = self._selector(call)  # type: ignore[misc]  # only routers with a selector come here
+        if breaker is None:
+            return None
+        if not isinstance(breaker, CircuitBreaker):
+            log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
+                      "the request goes out unprotected", type(breaker).__name__)
+            return None
+        return _Exchange(route_to(breaker, call, "httpx", self._statuses, self._fallback), request, call)
 
 
 class _Exchange:

@@ -36,18 +36,16 @@ from ..plugin import (
     annotate_span,
     classify_exception,
     log_once,
-    select_breaker,
 )
-from ._http_health import offer_health_check
 from ._http_policy import (
     HTTPSettings,
     StaleCache,
     StaticResponse,
     judge_head,
     serve_http_fallback,
-    settings_of,
     stale_cache_key,
 )
+from ._http_routes import route_http
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
 
@@ -137,12 +135,10 @@ def _not_the_server(exc: BaseException) -> Verdict | None:
 def _prepare(request: requests.PreparedRequest) -> _Exchange | None:
     try:
         call = describe(request)
-        breaker = select_breaker(call) if call is not None else None
-        if call is None or breaker is None:
+        route = route_http(call, "requests")
+        if call is None or route is None:
             return None
-        settings = settings_of(breaker)
-        offer_health_check(breaker, call, "requests", settings.health_check)
-        return _Exchange(breaker, call, settings)
+        return _Exchange(route.breaker, call, route.settings)
     except Exception:
         log_once(("requests", "prepare"), "otel-cb: choosing a breaker for a requests request failed; "
                  "the request goes out unprotected", exc_info=True)

@@ -136,6 +136,7 @@ from .. import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitSt
 from ..plugin import (
     Call,
     Patch,
+    RouteMemo,
     SectionValidator,
     Verdict,
     annotate_span,
@@ -144,7 +145,6 @@ from ..plugin import (
     destination_name,
     hookimpl,
     log_once,
-    routing_epoch,
     section_settings,
     select_breaker,
     serve_fallback,
@@ -376,28 +376,14 @@ def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
 
     A repeat query costs one dict lookup by the connection's ``(address,
     database)`` instead of building its target, its ``Call`` and its route.
-    The memo is dropped whole when routing's memo is (``routing_epoch``: a
+    The memo (the kit's ``RouteMemo``) is dropped whole when routing's memo is (``routing_epoch``: a
     new config, ``uninstrument()``, the pytest plugin's reset of automatic
     breakers), so it never answers other than ``select_breaker`` would; a
     connection whose address changes looks up another key; at most
     ``_MAX_MEMO`` keys are kept per method.
     """
     target_of = _target_of_resource if of_resource else _target_of_connection
-    # (epoch, memo) as one object, swapped whole: a thread never pairs a new
-    # epoch with an old memo, and a racing thread's entry lands in a memo nobody reads.
-    current: tuple[object, dict[tuple[object, object], Route | None]] = (None, {})
-
-    def remember(key: tuple[object, object], instance: Any, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Route | None:
-        nonlocal current
-        epoch = routing_epoch()  # before routing: a change meanwhile makes the next call route again
-        found = _route(method, target_of, instance, args, kwargs)
-        memo = current[1]
-        if current[0] is not epoch or len(memo) >= _MAX_MEMO:
-            memo = {}
-            current = (epoch, memo)
-        memo[key] = found
-        return found
+    routes: RouteMemo[tuple[object, object], Route | None] = RouteMemo(_MAX_MEMO)
 
     def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
@@ -405,10 +391,9 @@ def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
         try:
             connection = instance._connection if of_resource else instance
             key = (connection._addr, connection._params.database)
-            epoch, memo = current
-            found = memo.get(key, _MISSING)
-            if found is _MISSING or epoch is not routing_epoch():
-                found = remember(key, instance, args, kwargs)
+            found = routes.get(key)
+            if found is RouteMemo.MISS:
+                found = routes.remember(key, lambda: _route(method, target_of, instance, args, kwargs))
         except Exception:
             _routing_failed(method)
             found = None
