@@ -132,7 +132,9 @@ def _child(quick: bool) -> str:
     # only transitions, rejections and fallbacks), measured without the drift
     # between the two phases.
     bucketless = CircuitBreaker("bench_bucketless")
-    bucketless._histogram = None
+    with bucketless._lock:
+        bucketless._histogram = None
+        bucketless._current.settle(bucketless)  # type: ignore[attr-defined]  # a closed stay
     open_on = CircuitBreaker("bench_open_on")
     open_on.force_open()
     tracer = trace.get_tracer("bench")

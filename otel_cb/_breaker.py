@@ -402,7 +402,7 @@ class CircuitBreaker(CallingStyles):
                 self._histogram = DurationHistogram()
                 stay = self._current
                 if isinstance(stay, _states.Closed):
-                    stay.settle(self)  # durations are recorded under the lock: no more lock-free successes
+                    stay.settle(self)  # lock-free successes from now on append their durations
 
     def attach_failure_detector(self, detector: _states.FailureDetector | None) -> None:
         """Consult ``detector`` on every closed-state outcome (see ``_states.FailureDetector``);

@@ -235,7 +235,7 @@ class CallingStyles:
         stay = self._current
         if stay.kind is not _CLOSED:
             stay = stay.admit(self)  # type: ignore[arg-type]  # raises CircuitOpenError on a rejection
-        return Permit(self, stay, self._clock())  # type: ignore[arg-type]
+        return stay.permit_type(self, stay, self._clock())  # type: ignore[arg-type]
 
     # -- fallbacks -------------------------------------------------------------
 

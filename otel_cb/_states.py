@@ -39,8 +39,9 @@ Where things live:
   consulted after the built-in rules. Its ``on_success`` is the hot path: no
   lock and no allocation while the window is steady (``free_until``: no
   bucket to age, ``minimum_calls`` reached), one ``next`` on a tally that
-  whoever next holds the lock adds to the stay in bulk; otherwise one lock
-  round trip (the adaptive detector reads the successes from
+  whoever next holds the lock adds to the stay in bulk (with a duration
+  histogram, ``timed_until`` and one append of the duration as well);
+  otherwise one lock round trip (the adaptive detector reads the successes from
   ``fast_successes`` when the next failure comes).
 - ``Open``: the deadline, the health-check results of the stay, and
   ``may_probe(now)``, the one decision "may a probe go now?" (worked out
@@ -72,6 +73,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from . import _observers
 from ._errors import CircuitOpenError
+from ._permit import Permit, ProbePermit
 from ._state import CircuitState, Reason, StateChangeEvent, Verdict
 from ._window import CountWindow, TimeWindow, Window
 
@@ -115,6 +117,9 @@ class State:
     """One stay in a state. Subclasses override what their state does differently."""
 
     __slots__ = ("kind", "reopenings")
+
+    # What ``acquire()`` hands out for a call admitted in this state.
+    permit_type: type[Permit] = Permit
 
     def __init__(self, kind: CircuitState, reopenings: int = 0) -> None:
         self.kind = kind
@@ -236,8 +241,8 @@ class State:
 class Closed(State):
     """Calls are admitted and recorded; the rules (and a detector) decide when to open."""
 
-    __slots__ = ("window", "streak", "streak_mark", "fast_successes", "fast_below", "free_until", "tally",
-                 "tallied", "detector")
+    __slots__ = ("window", "streak", "streak_mark", "fast_successes", "fast_below", "free_until", "timed_until",
+                 "tally", "tallied", "detector")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         super().__init__(_CLOSED)
@@ -261,6 +266,10 @@ class Closed(State):
         self.tally = itertools.count()
         self.tallied = 0
         self.free_until = _NEVER  # see settle
+        # The same bound while a duration histogram records: such a success
+        # also appends its duration for the histogram to fold (``_stats``).
+        # A bound of its own keeps the test off the path without one.
+        self.timed_until = _NEVER
         self.detector: FailureDetector | None = None
         self.fast_below = breaker._slow_at
         self.use_detector(breaker, breaker._detector)
@@ -291,6 +300,16 @@ class Closed(State):
             # The bound fell while this one was counted: it may have come too late for the take that followed.
             if end >= self.free_until and self.counted_too_late(breaker, counted, start, end):
                 return
+        elif end < self.timed_until and duration < self.fast_below:
+            counted = next(self.tally)
+            if end >= self.timed_until and self.counted_too_late(breaker, counted, start, end):
+                return  # counted as a stale outcome, duration included
+            histogram = breaker._histogram  # set: a breaker keeps its histogram once it has one
+            successes = histogram.successes  # type: ignore[union-attr]
+            successes.append(duration)
+            if len(successes) >= histogram.FOLD_AT:  # type: ignore[union-attr]
+                with breaker._lock:
+                    histogram.fold()  # type: ignore[union-attr]
         else:
             lock = breaker._lock
             lock.acquire()
@@ -299,15 +318,14 @@ class Closed(State):
                 State.on_success(self, breaker, start, end, result)
                 return
             try:
-                if self.free_until != _NEVER:  # successes counted without the lock may wait (see settle)
-                    self.take_tally()
+                if self.free_until != _NEVER or self.timed_until != _NEVER:
+                    self.take_tally()  # successes counted without the lock may wait (see settle)
                 self.fast_successes += 1
                 histogram = breaker._histogram
                 if histogram is not None:
                     histogram.record(0, duration)
                 aged = self.window.add_success(end)
-                if histogram is None:  # with one the bound stays down (see settle)
-                    self.settle(breaker)
+                self.settle(breaker)
                 event = self.check_rates(breaker, end, None) if aged else None
             finally:
                 lock.release()
@@ -350,18 +368,19 @@ class Closed(State):
 
         A success ending before the window's ``steady_until`` can neither age
         it nor bring it to ``minimum_calls``, so the rules have nothing to
-        check; durations for a histogram are recorded under the lock. When the
-        bound falls (here and in ``leave`` only), the tally is taken right
-        after, so that while it is down no success waits to be taken but those
+        check. With a duration histogram the bound is ``timed_until`` instead of
+        ``free_until`` (the other stays down). When a bound falls (here and in
+        ``leave`` only), the tally is taken right after, so that while it is down no success waits to be taken but those
         still being counted, which find it fallen and see to themselves
         (``counted_too_late``): a call under the lock then need not take it.
         """
-        bound = self.window.steady_until() if breaker._histogram is None else _NEVER
-        if bound == _NEVER and self.free_until != _NEVER:
-            self.free_until = _NEVER
+        bound = self.window.steady_until()
+        free, timed = (bound, _NEVER) if breaker._histogram is None else (_NEVER, bound)
+        fell = (free == _NEVER and self.free_until != _NEVER) or (timed == _NEVER and self.timed_until != _NEVER)
+        self.free_until = free
+        self.timed_until = timed
+        if fell:
             self.take_tally()
-        else:
-            self.free_until = bound
 
     def judge(self, breaker: CircuitBreaker, now: float, duration: float, failed: bool, slow: bool,
               retry_after: float | None) -> StateChangeEvent | None:
@@ -412,7 +431,7 @@ class Closed(State):
         # counts them and moves nothing. The hot path tests only these bounds;
         # the lock-free one falls before the last take of the tally, so a
         # success counted after that take finds it fallen (see settle).
-        self.free_until = _NEVER
+        self.free_until = self.timed_until = _NEVER
         self.fast_below = -math.inf
         value = next(self.tally)  # the last take, into the counters: the window may be the next stay's already
         breaker._counters.success += self.fast_successes + value - self.tallied
@@ -524,6 +543,8 @@ class HalfOpen(State):
     """
 
     __slots__ = ("probes", "successes", "orphans", "pre_empted")
+
+    permit_type = ProbePermit  # a dropped probe permit hands its slot back (``drop``)
 
     def __init__(self, reopenings: int, *, pre_empted: float | None = None) -> None:
         super().__init__(_HALF_OPEN, reopenings)

@@ -13,6 +13,7 @@ import pytest
 
 from otel_cb import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState, _states
 from otel_cb._state import Reason
+from otel_cb._stats import DurationHistogram
 
 from .conftest import FakeClock
 
@@ -264,18 +265,21 @@ def test_a_success_counted_while_its_stay_ends_is_counted_once_and_moves_nothing
 
 
 @BEFORE_OR_AFTER
-def test_a_success_counted_while_the_bound_falls_stays_with_the_current_stay(clock: FakeClock, before: bool) -> None:
+def test_a_success_counted_while_the_histogram_arrives_stays_with_the_current_stay(
+        clock: FakeClock, before: bool) -> None:
     breaker, guarded, stay = _steady("histogram", clock)
-    # Durations are recorded under the lock from now on: the bound falls as
-    # the success is counted, and the stay goes on.
+    # With a duration histogram the lock-free bound is ``timed_until``: the
+    # untimed one falls as the success is counted, and the stay goes on.
     _interleave(stay, breaker, breaker.enable_duration_histogram, before)
     guarded()
-    assert stay.free_until == -float("inf") and breaker._current is stay
-    assert stay.fast_successes == 3  # taken in before the call returned: no call under the lock takes it now
-    guarded()  # under the lock: its duration is recorded
+    assert stay.free_until == -float("inf") and clock() < stay.timed_until and breaker._current is stay
+    assert stay.fast_successes == 3  # taken in before the call returned
+    guarded()  # without the lock: its duration waits for the histogram to fold it
+    assert breaker._histogram is not None and breaker._histogram.successes == [0.0]
     snap = breaker.snapshot()
     assert snap.calls["success"] == 4 and snap.buffered_calls == 4
-    assert snap.durations["success"].count == 1
+    assert snap.durations["success"].count == 1  # the call counted as the histogram came is not timed
+    assert breaker._histogram.successes == []
 
 
 def test_when_the_bound_falls_the_stay_takes_its_tally(clock: FakeClock) -> None:
@@ -283,4 +287,53 @@ def test_when_the_bound_falls_the_stay_takes_its_tally(clock: FakeClock) -> None
     guarded()  # without the lock: waits to be taken
     assert stay.fast_successes == 2
     breaker.enable_duration_histogram()
-    assert stay.fast_successes == 3  # no call under the lock takes the tally while the bound is down
+    assert stay.fast_successes == 3  # the untimed bound fell: whatever it let through is taken
+
+
+def test_timed_successes_without_the_lock_are_bucketed_as_under_it() -> None:
+    # The same calls, once recorded one by one under the lock (a window that
+    # is not steady yet: minimum_calls is far away) and once appended without
+    # it and folded in bulk: the same buckets and sum.
+    durations = [0.0, 0.005, 0.0050001, 0.01, 0.3, 2.5, 10.0, 10.5, 99.0, 0.075, 0.0749]
+    readings = []
+    for minimum_calls in (100_000, 1):
+        clock = FakeClock()  # the same clock readings, so the same float durations, on both sides
+        breaker = CircuitBreaker(f"timed_{minimum_calls}", CircuitBreakerConfig(
+            minimum_calls=minimum_calls, slow_call_duration=None, window_type="count", window_size=1000),
+            clock=clock)
+        breaker.enable_duration_histogram()
+        guarded = breaker(clock.advance)
+        guarded(0.0)  # with minimum_calls=1 the window is steady from here on
+        for duration in durations:
+            guarded(duration)
+        stay = breaker._current
+        assert isinstance(stay, _states.Closed)
+        histogram = breaker._histogram
+        assert histogram is not None
+        assert len(histogram.successes) == (0 if minimum_calls > 1 else len(durations))
+        readings.append(breaker.snapshot().durations["success"])
+    by_lock, folded = readings
+    assert folded.bucket_counts == by_lock.bucket_counts and folded.count == by_lock.count == len(durations) + 1
+    assert folded.sum == pytest.approx(by_lock.sum)
+
+
+def test_folding_puts_a_value_on_a_boundary_in_the_bucket_it_bounds() -> None:
+    histogram = DurationHistogram((0.005, 0.01))
+    histogram.successes.extend([0.01, 0.0, 0.005, 0.02, 0.0051])
+    histogram.record(0, 0.005)  # one by one, for comparison
+    histogram.fold()
+    assert histogram.successes == []
+    assert histogram.counts[0] == [2 + 1, 2, 1]
+    assert histogram.data()["success"].sum == pytest.approx(0.01 + 0.005 + 0.02 + 0.0051 + 0.005)
+
+
+def test_timed_successes_waiting_without_the_lock_stay_bounded(clock: FakeClock) -> None:
+    breaker, guarded, stay = _steady("bounded", clock)
+    breaker.enable_duration_histogram()
+    histogram = breaker._histogram
+    assert histogram is not None
+    for _ in range(histogram.FOLD_AT * 3 + 5):
+        guarded()
+        assert len(histogram.successes) < histogram.FOLD_AT
+    assert clock() < stay.timed_until and breaker._current is stay
+    assert breaker.snapshot().durations["success"].count == histogram.FOLD_AT * 3 + 5

@@ -265,3 +265,44 @@ def test_threads_with_rules_on_keep_counts_and_state_consistent(clock: FakeClock
     legal = {("closed", "open"), ("open", "half_open"), ("half_open", "open"), ("half_open", "closed")}
     assert events and {(e.previous_state.value, e.state.value) for e in events} <= legal
     assert snap.half_open_calls <= 2
+
+
+def test_timed_successes_without_the_lock_lose_no_duration(clock: FakeClock) -> None:
+    # With a duration histogram, lock-free successes append their durations
+    # and whoever reaches the fold limit buckets them; readings fold too, and
+    # resets end stays (a success counted too late for its stay is recorded
+    # as a stale outcome instead), from a thread of their own. Every success
+    # shows in the histogram exactly once.
+    cb = CircuitBreaker("timed_race", CircuitBreakerConfig(**QUIET, minimum_calls=1), clock=clock)  # type: ignore[arg-type]
+    cb.enable_duration_histogram()
+    per_thread = 10_000
+
+    @cb
+    def work() -> int:
+        return 1
+
+    def succeed(_: int) -> None:
+        for _ in range(per_thread):
+            work()
+
+    def read() -> None:
+        while any(t.is_alive() for t in workers):
+            cb.snapshot()
+            cb.reset()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=succeed, args=(i,)) for i in range(THREADS)]
+        reader = threading.Thread(target=read)
+        for t in workers:
+            t.start()
+        reader.start()
+        for t in [*workers, reader]:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not reader.is_alive()
+    snap = cb.snapshot()
+    assert snap.calls["success"] == THREADS * per_thread
+    assert snap.durations["success"].count == THREADS * per_thread
