@@ -277,8 +277,9 @@ def routing_epoch() -> object:
     """An opaque object standing for the routes ``select_breaker`` memoises now; compare it with ``is``.
 
     It is replaced whenever those routes are forgotten: ``instrument()`` with
-    a new config, ``uninstrument()``, and the pytest plugin's reset, which
-    also drops the automatic breakers from the registry. An integration that
+    a new config, ``uninstrument()``, a breaker removed from the registry
+    routing uses, and the pytest plugin's reset, which also drops the
+    automatic breakers from the registry. An integration that
     memoises its own routes (a ``Call`` and its breaker per destination, to
     skip building the call) keeps the epoch beside them and routes afresh
     when it changes, so its memo never answers other than ``select_breaker``
@@ -316,8 +317,8 @@ class RouteMemo(Generic[K, T]):
             route = _ROUTES.remember(key, lambda: route_of(request))
 
     The memo is dropped whole when :func:`routing_epoch` changes (a new
-    config, ``uninstrument()``, the pytest plugin's reset of automatic
-    breakers), so it never answers other than ``select_breaker`` would, and
+    config, ``uninstrument()``, ``registry.remove()``, the pytest plugin's
+    reset of automatic breakers), so it never answers other than ``select_breaker`` would, and
     it holds at most ``limit`` keys (then starts afresh). Lock-free: the
     epoch and its routes are one object swapped whole, so a thread never
     pairs a new epoch with old routes, and a racing thread's route lands in a

@@ -396,8 +396,10 @@ def activate(state: Active) -> None:
     global _active, _routes
     if _active is not None:
         _observers.remove_observer(_active)
+        _active.registry._on_removal = None
     _active = state
     _routes = {}
+    state.registry._on_removal = forget_routes
     _observers.add_observer(state)
 
 
@@ -408,7 +410,14 @@ def deactivate() -> None:
     global _active, _routes
     if _active is not None:
         _observers.remove_observer(_active)
+        _active.registry._on_removal = None
     _active = None
+    _routes = {}
+
+
+def forget_routes() -> None:
+    """Route every destination afresh from its next call (a breaker left the registry)."""
+    global _routes
     _routes = {}
 
 
@@ -434,9 +443,9 @@ def reset_breakers() -> None:
     if state.default_section.get("shared_state") is None:
         dropped = state.created[state._configured:]
         del state.created[state._configured:state._configured + len(dropped)]
-        _routes = {}
         for name in dropped:
             state.registry.remove(name)
+        _routes = {}
     for breaker in state.registry:
         snapshot = breaker.snapshot()
         if snapshot.state is not CircuitState.CLOSED or snapshot.buffered_calls or snapshot.consecutive_failures:

@@ -31,6 +31,9 @@ class CircuitBreakerRegistry:
         # and an observer may well look at the registry.
         self._lock = threading.RLock()
         self._breakers: dict[str, CircuitBreaker] = {}
+        # Told after a breaker leaves: routing memoises breakers by destination
+        # (``_plugins.activate`` watches the registry it routes into).
+        self._on_removal: Callable[[], None] | None = None
         _live_registries.add(self)
 
     def get_or_create(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
@@ -70,14 +73,27 @@ class CircuitBreakerRegistry:
         return self._breakers.get(name)
 
     def remove(self, name: str) -> CircuitBreaker | None:
-        """Forget the breaker called ``name`` and return it (None if unknown)."""
+        """Forget the breaker called ``name`` and return it (None if unknown).
+
+        While instrumented, calls that routing sent to it make or find the
+        breaker of that name afresh from their next call on.
+        """
         with self._lock:
-            return self._breakers.pop(name, None)
+            breaker = self._breakers.pop(name, None)
+        if breaker is not None:
+            self._removed()
+        return breaker
 
     def clear(self) -> None:
         """Forget every breaker (for tests and ``uninstrument()``)."""
         with self._lock:
             self._breakers.clear()
+        self._removed()
+
+    def _removed(self) -> None:
+        on_removal = self._on_removal
+        if on_removal is not None:
+            on_removal()
 
     def __iter__(self) -> Iterator[CircuitBreaker]:
         with self._lock:

@@ -441,3 +441,37 @@ def test_listening_says_whether_a_per_call_hook_is_implemented() -> None:
         assert not listening("otel_cb_select_breaker")  # not a per-call hook
     finally:
         otel_cb.uninstrument()
+
+
+def test_routes_forget_a_breaker_removed_from_the_registry() -> None:
+    # Routing memoises a breaker per destination, and integrations keep their
+    # own route memos: a breaker removed by hand must not go on protecting
+    # calls out of sight of the registry (the admin endpoint, telemetry).
+    from otel_cb.plugin import RouteMemo, routing_epoch
+
+    class Picker:
+        @hookimpl
+        def otel_cb_select_breaker(self, call: Call) -> str:
+            return "picked"
+
+    otel_cb.instrument({}, plugins=[Picker()])
+    try:
+        call = Call(kind="http", target="http://a:80", method="GET")
+        first = _plugins.select_breaker(call)
+        assert first is not None and otel_cb.registry.get("picked") is first
+        memo: RouteMemo[str, CircuitBreaker | None] = RouteMemo()
+        memo.remember("a", lambda: _plugins.select_breaker(call))
+        epoch = routing_epoch()
+        assert otel_cb.registry.remove("picked") is first
+        assert routing_epoch() is not epoch and memo.get("a") is RouteMemo.MISS
+        again = _plugins.select_breaker(call)
+        assert again is not None and again is not first and otel_cb.registry.get("picked") is again
+        epoch = routing_epoch()
+        assert otel_cb.registry.remove("unknown") is None
+        assert routing_epoch() is epoch  # nothing left: the routes stand
+    finally:
+        otel_cb.uninstrument()
+    otel_cb.registry.add(CircuitBreaker("by_hand"))
+    epoch = routing_epoch()
+    otel_cb.registry.remove("by_hand")  # not instrumented: nothing to forget
+    assert routing_epoch() is epoch
