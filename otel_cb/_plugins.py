@@ -393,12 +393,9 @@ def activate(state: Active) -> None:
     """Make ``state`` what the runtime helpers use; forget every memoised route."""
     from . import _observers
 
-    global _active, _routes
-    if _active is not None:
-        _observers.remove_observer(_active)
-        _active.registry._on_removal = None
+    global _active
+    deactivate()
     _active = state
-    _routes = {}
     state.registry._on_removal = forget_routes
     _observers.add_observer(state)
 

@@ -41,6 +41,29 @@ def run_threads(target: Callable[[int], None], count: int = THREADS) -> None:
     assert not errors, errors
 
 
+def race(worker: Callable[[int], None], churn: Callable[[], None]) -> None:
+    """``THREADS`` threads run ``worker`` while one more runs ``churn`` over and
+    over, with the interpreter switching threads as often as it can."""
+    workers: list[threading.Thread] = []
+
+    def churning(_: int) -> None:
+        while any(t.is_alive() for t in workers):
+            churn()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers.extend(threading.Thread(target=worker, args=(i,)) for i in range(THREADS))
+        churner = threading.Thread(target=churning, args=(0,))
+        for t in [*workers, churner]:
+            t.start()
+        for t in [*workers, churner]:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in [*workers, churner]), "a thread hung"
+
+
 def test_eight_threads_lose_no_update(clock: FakeClock) -> None:
     cb = CircuitBreaker("threads", CircuitBreakerConfig(**QUIET, minimum_calls=1), clock=clock)  # type: ignore[arg-type]
     per_thread = 3000
@@ -91,24 +114,11 @@ def test_successes_racing_stay_ends_and_readings_are_each_counted_once(clock: Fa
             returned[index] += work()
 
     def churn() -> None:
-        while any(t.is_alive() for t in workers):
-            cb.reset()
-            cb.snapshot()
-            cb.activity()
+        cb.reset()
+        cb.snapshot()
+        cb.activity()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        workers = [threading.Thread(target=succeed, args=(i,)) for i in range(THREADS)]
-        churner = threading.Thread(target=churn)
-        for t in workers:
-            t.start()
-        churner.start()
-        for t in [*workers, churner]:
-            t.join(timeout=120)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not churner.is_alive()
+    race(succeed, churn)
     assert sum(returned) == THREADS * per_thread
     assert cb.snapshot().calls == {"success": THREADS * per_thread, "failure": 0, "ignored": 0, "rejected": 0}
 
@@ -285,24 +295,11 @@ def test_timed_successes_without_the_lock_lose_no_duration(clock: FakeClock) -> 
         for _ in range(per_thread):
             work()
 
-    def read() -> None:
-        while any(t.is_alive() for t in workers):
-            cb.snapshot()
-            cb.reset()
+    def churn() -> None:
+        cb.snapshot()
+        cb.reset()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        workers = [threading.Thread(target=succeed, args=(i,)) for i in range(THREADS)]
-        reader = threading.Thread(target=read)
-        for t in workers:
-            t.start()
-        reader.start()
-        for t in [*workers, reader]:
-            t.join(timeout=120)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not reader.is_alive()
+    race(succeed, churn)
     snap = cb.snapshot()
     assert snap.calls["success"] == THREADS * per_thread
     assert snap.durations["success"].count == THREADS * per_thread
