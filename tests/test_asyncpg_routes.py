@@ -172,7 +172,7 @@ def test_the_memo_answers_as_select_breaker_does() -> None:
     with breakers("memo_same"):
         otel_cb.instrument(_config({"memo_same": ["10.0.0.5:5432/app"]}), disabled=_others())
         run(wrapper, conn)
-        call, breaker = memo_of(wrapper)[(("10.0.0.5", 5432), "app")]  # type: ignore[misc]
+        call, breaker, _, _ = memo_of(wrapper)[(("10.0.0.5", 5432), "app")]  # type: ignore[misc]
         assert call.target == "10.0.0.5:5432/app" and call.method == "fetch"
         assert breaker is select_breaker(call) is otel_cb.registry.get("memo_same")
 
@@ -213,3 +213,49 @@ def test_a_real_connection_follows_a_config_reload(postgres_dsn: str) -> None:
         asyncio.run(scenario())
         # fetchval, prepare, the statement's fetchval: three calls each
         assert (successes(made["memo_pg_a"]), successes(made["memo_pg_b"])) == (3, 3)
+
+
+class _Classifier:
+    """An ``otel_cb_classify`` hook that counts every returned value as a failure."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @otel_cb.hookimpl
+    def otel_cb_classify(self, call: Any, result: object, exception: BaseException | None) -> str | None:
+        self.calls.append(call.method)
+        return "failure" if exception is None else None
+
+
+def test_a_classify_hook_is_asked_about_memoised_routes_and_forgotten_with_them() -> None:
+    """Whether a hook reads calls is memoised with the route; a new config without it stops asking."""
+    wrapper = integration._on_connection("fetchrow")
+    conn = connection(host="10.0.0.7")
+    hook = _Classifier()
+    with breakers("memo_hooked") as made:
+        routes = _config({"memo_hooked": ["10.0.0.7:5432/app"]})
+        otel_cb.instrument(routes, disabled=_others(), plugins=[hook])
+        run(wrapper, conn)
+        run(wrapper, conn)
+        assert hook.calls == ["fetchrow", "fetchrow"]
+        assert made["memo_hooked"].snapshot().calls["failure"] == 2
+        otel_cb.instrument(routes, disabled=_others())
+        run(wrapper, conn)
+        assert len(hook.calls) == 2
+        assert made["memo_hooked"].snapshot().calls["success"] == 1
+
+
+def test_is_failure_result_judges_what_a_memoised_route_returns() -> None:
+    wrapper = integration._on_connection("fetchval")
+    conn = connection(host="10.0.0.8")
+    judged = CircuitBreaker("memo_judged", otel_cb.CircuitBreakerConfig(is_failure_result=lambda value: value == 1))
+    otel_cb.registry.add(judged)
+    try:
+        otel_cb.instrument(_config({"memo_judged": ["10.0.0.8:5432/app"]}), disabled=_others())
+        assert run(wrapper, conn) == 1
+        assert run(wrapper, conn) == 1
+        calls = judged.snapshot().calls
+        assert (calls["failure"], calls["success"]) == (2, 0)
+    finally:
+        otel_cb.uninstrument()
+        otel_cb.registry.remove("memo_judged")

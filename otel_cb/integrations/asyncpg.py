@@ -144,6 +144,7 @@ from ..plugin import (
     classify_exception,
     destination_name,
     hookimpl,
+    listening,
     log_once,
     section_settings,
     select_breaker,
@@ -370,6 +371,61 @@ def _route(method: str, target_of: TargetOf, instance: Any, args: tuple[Any, ...
     return call, breaker
 
 
+# A connection method's memoised route: (call, breaker, hooked, judged). ``hooked``: an
+# ``otel_cb_classify`` hook reads calls (true for the whole routing epoch the memo lives in);
+# ``judged``: the breaker has an ``is_failure_result`` (fixed with its config). Without either, a
+# returned value is a plain success, reported without asking anything. A plain tuple: the
+# interpreter unpacks an exact tuple on its fast path.
+_QueryRoute = tuple[Call, CircuitBreaker, bool, bool]
+
+
+def _query_route(method: str, target_of: TargetOf, instance: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> _QueryRoute | None:
+    found = _route(method, target_of, instance, args, kwargs)
+    if found is None:
+        return None
+    call, breaker = found
+    return call, breaker, listening("otel_cb_classify"), breaker.config.is_failure_result is not None
+
+
+async def _query(route: _QueryRoute, awaitable: Awaitable[Any]) -> Any:
+    """:func:`_protected` for a memoised route: the same steps, minus what the route already answers."""
+    call, breaker, hooked, judged = route
+    try:
+        permit = breaker.acquire()
+    except CircuitOpenError as exc:
+        _discard(awaitable)
+        annotate_span(breaker, exc.state)
+        served = serve_fallback(call, breaker, exc)
+        if served is None:
+            raise
+        return served
+    annotate_span(breaker)  # reads the state only for a recording span
+    token = _INSIDE.set(True)
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        verdict = _judge(call, breaker, None, exc)
+        permit.record(verdict)
+        if verdict == "failure":
+            served = serve_fallback(call, breaker, exc)
+            if served is not None:
+                return served
+        raise
+    finally:
+        _INSIDE.reset(token)
+    if hooked:
+        hook_verdict = classify(call, result, None)
+        if hook_verdict is not None:
+            permit.record(hook_verdict)
+            return result
+    if judged:
+        permit.record_result(result)
+    else:
+        permit.record_success()  # what record_result does without is_failure_result, one frame less
+    return result
+
+
 def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
     """:func:`_protecting` for the methods of a connection (or, ``of_resource``, of a
     prepared statement or cursor, by its connection), with the route memoised.
@@ -383,7 +439,8 @@ def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
     ``_MAX_MEMO`` keys are kept per method.
     """
     target_of = _target_of_resource if of_resource else _target_of_connection
-    routes: RouteMemo[tuple[object, object], Route | None] = RouteMemo(_MAX_MEMO)
+    routes: RouteMemo[tuple[object, object], _QueryRoute | None] = RouteMemo(_MAX_MEMO)
+    miss = RouteMemo.MISS
 
     def wrapper(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if _INSIDE.get():
@@ -392,15 +449,15 @@ def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
             connection = instance._connection if of_resource else instance
             key = (connection._addr, connection._params.database)
             found = routes.get(key)
-            if found is RouteMemo.MISS:
-                found = routes.remember(key, lambda: _route(method, target_of, instance, args, kwargs))
+            if found is miss:
+                found = routes.remember(key, lambda: _query_route(method, target_of, instance, args, kwargs))
         except Exception:
             _routing_failed(method)
             found = None
         awaitable = wrapped(*args, **kwargs)
         if found is None:
             return awaitable
-        return _protected(found[0], found[1], None, awaitable)
+        return _query(found, awaitable)
 
     return wrapper
 
