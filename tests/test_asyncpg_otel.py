@@ -99,6 +99,7 @@ def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no
 
     import otel_cb
     from otel_cb import CircuitOpenError, registry
+    from otel_cb._patching import switch_of
     from otel_cb.integrations.asyncpg import db_target
 
     classes = (asyncpg.connection.Connection, asyncpg.prepared_stmt.PreparedStatement, asyncpg.cursor.Cursor,
@@ -163,7 +164,7 @@ def _main(dsn: str, first: str, unfirst: str, count: int) -> None:  # pragma: no
                 for _ in range(8):
                     if not hasattr(node, "_self_wrapper"):
                         break
-                    if type(node._self_wrapper).__module__.startswith("otel_cb"):
+                    if switch_of(node) is not None:
                         left.append(f"{cls.__name__}.{name}")
                     node = node.__wrapped__
         return left

@@ -158,7 +158,7 @@ import asyncpg  # imported after instrument(): the post-import hooks patch async
 def layers(function):
     count = 0
     while isinstance(function, wrapt.BaseObjectProxy):
-        count += isinstance(getattr(function, "_self_wrapper", None), otel_cb._patching._Switch)
+        count += otel_cb._patching.switch_of(function) is not None
         function = function.__wrapped__
     return count, function
 
