@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._state import Verdict
+from ._state import CircuitState, Verdict
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
@@ -30,10 +30,14 @@ class Permit:
     frame was a tenth of a permit's cost.
     """
 
-    __slots__ = ("breaker", "_stay", "_start", "_done")
+    __slots__ = ("breaker", "state", "_stay", "_start", "_done")
 
     def __init__(self, breaker: CircuitBreaker, stay: State, start: float) -> None:
         self.breaker = breaker
+        #: The state the call was admitted in (closed, half-open or disabled):
+        #: what an integration puts on the call's span, whatever the breaker
+        #: has moved to since.
+        self.state: CircuitState = stay.kind
         self._stay = stay  # the state object the call was admitted in
         self._start = start
         self._done = False

@@ -526,3 +526,16 @@ def test_a_permit_dropped_while_its_breaker_lock_is_held_does_not_deadlock(clock
         del permit
     succeed(cb)
     assert cb.state is CLOSED
+
+
+def test_a_permit_tells_the_state_its_call_was_admitted_in(clock: FakeClock) -> None:
+    cb, _ = make(clock, failure_threshold=1, open_timeout=5, half_open_max_calls=2, success_threshold=1)
+    assert cb.acquire().state is CLOSED
+    trip(cb, clock)
+    clock.advance(5)
+    probe, other = cb.acquire(), cb.acquire()
+    assert probe.state is CircuitState.HALF_OPEN
+    other.record_failure()  # the breaker opens again; the probe was still admitted half-open
+    assert cb.state is CircuitState.OPEN and probe.state is CircuitState.HALF_OPEN
+    cb.disable()
+    assert cb.acquire().state is CircuitState.DISABLED

@@ -144,7 +144,7 @@ class Guard:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
             return Admission(breaker, call, None, exc)
-        annotate_span(breaker)
+        annotate_span(breaker, permit.state)
         return Admission(breaker, call, permit, None)
 
     @staticmethod

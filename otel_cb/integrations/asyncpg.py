@@ -223,7 +223,7 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
         if served is None:
             raise
         return served
-    annotate_span(breaker)  # reads the state only for a recording span
+    annotate_span(breaker, permit.state)
     token = _INSIDE.set(True)
     try:
         result = await awaitable
@@ -400,7 +400,7 @@ async def _query(route: _QueryRoute, awaitable: Awaitable[Any]) -> Any:
         if served is None:
             raise
         return served
-    annotate_span(breaker)  # reads the state only for a recording span
+    annotate_span(breaker, permit.state)
     token = _INSIDE.set(True)
     try:
         result = await awaitable
