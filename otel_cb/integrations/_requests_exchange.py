@@ -289,13 +289,15 @@ class _Exchange:
     def _complete(self, response: requests.Response) -> None:
         response._otel_cb_exchange = None  # type: ignore[attr-defined]  # _forget
         permit = self.permit
-        if permit.done:
+        chunks = self.chunks
+        # A permit ignores any report after its first (an early close released it): only a cache
+        # entry needs to know it was this one, so ``permit.done`` (a property) is asked only then.
+        if chunks is not None and permit.done:
             return
         if self.hook_verdict:
             permit.record_success()
         else:
             permit.record_result(response)
-        chunks = self.chunks
         if chunks is None:
             return
         cache, key = self.route.settings.fallback, self.cache_key
