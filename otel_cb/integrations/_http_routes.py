@@ -7,7 +7,8 @@ depend on the destination and the method only, so httpx keeps them in a
 port, method) and builds the ``Call`` for routing only on a miss: a hit
 costs the key and one dict lookup, and the ``Call`` a hook or a fallback
 needs is built later, by the exchange, only when one reads it. requests
-still describes and routes every request here (``route_http``).
+does the same with the prepared URL's ``scheme://netloc`` text and the
+method, routing a miss (and every URL with userinfo) through ``route_http``.
 
 Imports no client library.
 """

@@ -2,9 +2,11 @@
 
 ``_Exchange`` holds everything a protected request needs decided (admission,
 classification, Retry-After, fallbacks, caching); ``send_sync`` and
-``send_async`` differ only in awaiting the inner transport, and the two body
-wrappers only in iterating sync or async. The transports users wire by hand
-and the patches ``otel-cb-instrument`` applies both go through them.
+``send_async`` differ only in awaiting the inner transport, and the
+exchange's two kinds (``_SyncExchange``, ``_AsyncExchange``), which are also
+the byte stream of a healthy response, only in iterating sync or async. The
+transports users wire by hand and the patches ``otel-cb-instrument`` applies
+both go through them.
 
 Imports httpx, so ``otel_cb.integrations.httpx`` imports this module only
 when httpx is in use.
@@ -58,9 +60,17 @@ _SCHEMES = frozenset(_DEFAULT_PORTS)
 # was exhausted, or another breaker refused it; none of them reached the server.
 _NOT_THE_SERVER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout, CircuitOpenError)
 _NO_KWARGS: dict[str, Any] = {}
-# Set while a protected request runs, so a patched transport inside a
-# hand-wired CircuitBreakerTransport does not guard the same request twice.
+# Set while a hand-wired CircuitBreakerTransport's request runs, so a patched transport inside it
+# does not guard the same request twice. Only hand-wired transports set it (beneath a patched
+# transport is httpcore, never another httpx transport), and until one is built the patches need
+# not read it: a context lookup per request saved.
 _GUARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_cb.httpx.guarded", default=False)
+_guards = False
+
+
+def _hand_wired() -> None:
+    global _guards
+    _guards = True
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -115,6 +125,23 @@ def _not_the_server(exc: BaseException) -> Verdict | None:
     return "ignored" if isinstance(exc, _NOT_THE_SERVER) else None
 
 
+def _parsed_urls() -> bool:
+    """Whether this httpx keeps its parsed URL as the ``ParseResult`` a route key can be read off."""
+    try:
+        url = httpx.URL("https://Example.org:8443/")
+        parsed = url._uri_reference
+        return (parsed.scheme, parsed.host, parsed.port) == (url.scheme, url.raw_host.decode("ascii"), url.port)
+    except Exception:
+        return False
+
+
+# The route key read off the URL's parsed tuple costs a third of reading it through URL's properties
+# (each a Python call; raw_host encodes the host anew), on every request; checked once against them.
+_PARSED_URLS = _parsed_urls()
+_MISS = RouteMemo.MISS
+RouteKey = tuple[str, str | bytes, int | None, str]
+
+
 class _Router:
     """Picks the breaker and the settings for each request of one transport (or of the patches).
 
@@ -139,21 +166,25 @@ class _Router:
             parse_failure_statuses("failure_statuses", failure_statuses)
         self._fallback = None if fallback_config is None else parse_fallback(
             "fallback", fallback_config, **({"clock": breaker.clock} if breaker is not None else {}))
-        self._routes: RouteMemo[tuple[str, bytes, int | None, str], HTTPRoute | None] | None = \
-            RouteMemo() if selector is None else None
+        self._routes: RouteMemo[RouteKey, HTTPRoute | None] | None = RouteMemo() if selector is None else None
 
-    def prepare(self, request: httpx.Request) -> _Exchange | None:
-        """The exchange for ``request``, or None when no breaker protects it."""
+    def prepare(self, request: httpx.Request, exchange: type[_Exchange]) -> _Exchange | None:
+        """The exchange (of class ``exchange``) for ``request``, or None when no breaker protects it."""
         try:
             routes = self._routes
             if routes is None:
-                return self._selected(request)
-            url = request.url
-            key = (url.scheme, url.raw_host, url.port, request.method)
+                return self._selected(request, exchange)
+            key: RouteKey
+            if _PARSED_URLS:
+                parsed = request.url._uri_reference
+                key = (parsed.scheme, parsed.host, parsed.port, request.method)
+            else:
+                url = request.url
+                key = (url.scheme, url.raw_host, url.port, request.method)
             route = routes.get(key)
-            if route is RouteMemo.MISS:
+            if route is _MISS:
                 route = routes.remember(key, lambda: self._route(describe(request)))
-            return None if route is None else _Exchange(route, request)
+            return None if route is None else exchange(route, request)
         except Exception:
             log_once(("httpx", "prepare"), "otel-cb: choosing a breaker for an httpx request failed; "
                       "the request goes out unprotected", exc_info=True)
@@ -165,7 +196,7 @@ class _Router:
         breaker = self._breaker if self._breaker is not None else select_breaker(call)
         return None if breaker is None else route_to(breaker, call, "httpx", self._statuses, self._fallback)
 
-    def _selected(self, request: httpx.Request) -> _Exchange | None:
+    def _selected(self, request: httpx.Request, exchange: type[_Exchange]) -> _Exchange | None:
         call = describe(request)
         if call is None:
             return None
@@ -176,28 +207,33 @@ class _Router:
             log_once(("httpx", "selector"), "otel-cb: the selector returned a %s, not a CircuitBreaker; "
                       "the request goes out unprotected", type(breaker).__name__)
             return None
-        return _Exchange(route_to(breaker, call, "httpx", self._statuses, self._fallback), request, call)
+        return exchange(route_to(breaker, call, "httpx", self._statuses, self._fallback), request, call)
 
 
 class _Exchange:
-    """One protected request, from admission to the verdict on its response body."""
+    """One protected request, from admission to the verdict on its response body.
 
-    __slots__ = ("breaker", "request", "route", "settings", "permit", "token", "hook_verdict", "cache_key", "chunks",
-                 "size", "response", "_call")
+    It is also the body it waits for: its sync and async kinds are the byte
+    stream that replaces a healthy response's own, so a request builds one
+    object for both. Fields a request may never need are set where they
+    start to matter, not here: ``permit`` by ``admit``, ``hook_verdict`` and
+    ``_inner`` with a healthy head, ``cache_key`` and ``size`` with ``chunks``
+    kept for the stale cache.
+    """
+
+    __slots__ = ("route", "request", "permit", "token", "hook_verdict", "cache_key", "chunks", "size", "response",
+                 "_call", "_inner")
+
+    permit: Permit
+    _inner: Any  # the response's own stream, sync or async as the kind of exchange is
 
     def __init__(self, route: HTTPRoute, request: httpx.Request, call: Call | None = None) -> None:
-        self.breaker = route.breaker
-        self.request = request
         self.route = route
-        self.settings = route.settings
+        self.request = request
         self._call = call
-        self.permit: Permit | None = None
         self.token: contextvars.Token[bool] | None = None
-        self.hook_verdict = False
-        self.cache_key: tuple[str, str, bytes] | None = None
         self.chunks: list[bytes] | None = None
-        self.size = 0
-        self.response: httpx.Response | None = None
+        self.response: httpx.Response | None = None  # the response whose body is pending
 
     @property
     def call(self) -> Call:
@@ -209,22 +245,26 @@ class _Exchange:
 
     # -- before the request ---------------------------------------------------
 
-    def admit(self) -> httpx.Response | None:
+    def admit(self, guard: bool) -> httpx.Response | None:
         """Take a permit and mark the current span: None when admitted.
 
+        ``guard``: the request goes on into transports that may be patched (a
+        hand-wired transport's), which must not guard it again.
         A refused request gets a fallback response, or raises ``HTTPCircuitOpenError``.
         """
+        breaker = self.route.breaker
         try:
-            self.permit = self.breaker.acquire()
+            self.permit = breaker.acquire()
         except CircuitOpenError as error:
             http_error = HTTPCircuitOpenError(error.name, error.state, error.retry_after, request=self.request)
-            annotate_span(self.breaker, error.state)
+            annotate_span(breaker, error.state)
             served = self._fallback(http_error)
             if served is None:
                 raise http_error from None
             return served
-        annotate_span(self.breaker)
-        self.token = _GUARDED.set(True)
+        annotate_span(breaker)
+        if guard:
+            self.token = _GUARDED.set(True)
         return None
 
     # -- after the request ----------------------------------------------------
@@ -242,23 +282,31 @@ class _Exchange:
             raise exc
         return served
 
-    def responded(self, response: httpx.Response, body: Callable[[Any, _Exchange], Any]) -> httpx.Response:
-        """Classify the response head; a healthy one gets its verdict when ``body`` (the wrapper
-        of its stream) ends."""
-        self._unguard()
+    def responded(self, response: httpx.Response) -> httpx.Response:
+        """Classify the response head; a healthy one gets its verdict when its body (this exchange,
+        as its stream) ends."""
+        if self.token is not None:
+            self._unguard()
         permit = self.permit
-        assert permit is not None
+        route = self.route
+        settings = route.settings
         try:
             status = response.status_code
-            hooked = judge_head(self.call if self.route.classified else None, permit, response, status,
-                                response.headers, self.settings.failure_statuses)
-            if hooked is None:
-                return response
-            self.hook_verdict = hooked
-            if self.settings.fallback is not None:
-                self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _raw_headers)
+            # Without a classify hook a status outside failure_statuses is healthy: judge_head would
+            # say so without looking further, and only a failing one needs its Retry-After read.
+            if route.classified or status in settings.failure_statuses:
+                hooked = judge_head(self.call if route.classified else None, permit, response, status,
+                                    response.headers, settings.failure_statuses)
+                if hooked is None:
+                    return response
+                self.hook_verdict = hooked
+            else:
+                self.hook_verdict = False
+            if settings.fallback is not None:
+                self.cache_key = stale_cache_key(settings.fallback, self.call, status, _raw_headers)
                 if self.cache_key is not None:
                     self.chunks = []
+                    self.size = 0
             self.response = response
         except Exception:
             log_once(("httpx", "responded"), "otel-cb: classifying an httpx response failed; counted as "
@@ -270,7 +318,8 @@ class _Exchange:
             # httpx.MockTransport returns): no stream will end later, so the verdict lands now.
             self._body_read(response)
         else:
-            response.stream = body(response.stream, self)
+            self._inner = response.stream
+            response.stream = self  # type: ignore[assignment]  # a _SyncExchange or _AsyncExchange
         return response
 
     def _body_read(self, response: httpx.Response) -> None:
@@ -288,11 +337,17 @@ class _Exchange:
         chunks = self.chunks
         if chunks is not None:
             self.size += len(chunk)
-            cache = self.settings.fallback
+            cache = self.route.settings.fallback
             if isinstance(cache, StaleCache) and self.size <= cache.max_entry_bytes:
                 chunks.append(chunk)
             else:
                 self.chunks = None
+
+    # ``response`` is set while the body is pending and let go of once it ends: the response holds its
+    # stream (this exchange), which holds the response, and breaking that cycle frees a finished request
+    # by reference counting, not by the GC. A permit ignores any report after its first, so the ends
+    # below report without asking ``permit.done`` (a property, on every request) unless they would
+    # store a cache entry.
 
     def body_error(self, exc: BaseException) -> None:
         # Cancellation and early closes say nothing about the server: body_closed decides.
@@ -303,30 +358,44 @@ class _Exchange:
                 log_once(("httpx", "body"), "otel-cb: handling an httpx body error failed", exc_info=True)
 
     def body_complete(self) -> None:
-        permit = self.permit
-        if permit is None or permit.done:
+        response = self.response
+        if response is None:  # closed already, and judged then
             return
-        self._record_success()
+        self.response = None
         chunks = self.chunks
         if chunks is None:  # nothing to cache: no stale cache, or not a cacheable response
+            if self.hook_verdict:
+                self.permit.record_success()
+            else:
+                self.permit.record_result(response)
             return
+        self.chunks = None
+        if self.permit.done:
+            return
+        self._record_healthy(response)
         try:
-            cache, response = self.settings.fallback, self.response
-            if isinstance(cache, StaleCache) and self.cache_key is not None and response is not None:
+            cache = self.route.settings.fallback
+            if isinstance(cache, StaleCache) and self.cache_key is not None:
                 cache.store(self.cache_key, response.status_code, list(response.headers.raw), b"".join(chunks))
         except Exception:
             log_once(("httpx", "cache"), "otel-cb: caching an httpx response failed", exc_info=True)
-        self.chunks = None
 
     def body_closed(self) -> None:
         """The body was closed, read or not: the head already showed a healthy server."""
-        permit = self.permit
-        if permit is not None and not permit.done:
-            self._record_success()
-        self.chunks = None
-        # The response holds its stream (our body wrapper), which holds this exchange: letting go of the
-        # response breaks the cycle, so a finished request is freed by reference counting, not by the GC.
-        self.response = None
+        response = self.response
+        if response is not None:
+            self.response = None
+            self.chunks = None
+            if self.hook_verdict:
+                self.permit.record_success()
+            else:
+                self.permit.record_result(response)
+
+    def _record_healthy(self, response: httpx.Response) -> None:
+        if self.hook_verdict:
+            self.permit.record_success()
+        else:
+            self.permit.record_result(response)
 
     # -- shared -----------------------------------------------------------------
 
@@ -335,25 +404,63 @@ class _Exchange:
             _GUARDED.reset(self.token)
             self.token = None
 
-    def _record_success(self) -> None:
-        permit = self.permit
-        assert permit is not None
-        if self.hook_verdict:
-            permit.record_success()
-        else:
-            permit.record_result(self.response)
-
     def _record_exception(self, exc: BaseException) -> Verdict | None:
-        permit = self.permit
-        assert permit is not None
-        verdict = classify_exception(self.call, self.breaker, exc, _not_the_server)
-        permit.record(verdict)
+        verdict = classify_exception(self.call, self.route.breaker, exc, _not_the_server)
+        self.permit.record(verdict)
         return verdict
 
     def _fallback(self, error: BaseException) -> httpx.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
-        return serve_http_fallback(self.call, self.breaker, error, httpx.Response, self.settings.fallback,
-                                   _configured_response)
+        return serve_http_fallback(self.call, self.route.breaker, error, httpx.Response,
+                                   self.route.settings.fallback, _configured_response)
+
+
+class _SyncExchange(_Exchange, httpx.SyncByteStream):
+    """The exchange of a sync request: the verdict on a healthy head waits for this body's end."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            if self.chunks is None:
+                yield from self._inner
+            else:
+                for chunk in self._inner:
+                    self.body_chunk(chunk)
+                    yield chunk
+        except BaseException as exc:
+            self.body_error(exc)
+            raise
+        self.body_complete()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self.body_closed()
+
+
+class _AsyncExchange(_Exchange, httpx.AsyncByteStream):
+    """The exchange of an async request: the verdict on a healthy head waits for this body's end."""
+
+    __slots__ = ()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                if self.chunks is not None:
+                    self.body_chunk(chunk)
+                yield chunk
+        except BaseException as exc:
+            self.body_error(exc)
+            raise
+        self.body_complete()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self.body_closed()
 
 
 def _raw_headers(request: object) -> list[tuple[bytes, bytes]] | None:
@@ -379,104 +486,50 @@ def _configured_response(configured: StaleCache | StaticResponse, call: Call) ->
     return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request)
 
 
-# -- the body wrappers: the verdict on a success waits for its body -------------
-
-
-class _SyncBody(httpx.SyncByteStream):
-    __slots__ = ("_inner", "_exchange")
-
-    def __init__(self, inner: httpx.SyncByteStream, exchange: _Exchange) -> None:
-        self._inner = inner
-        self._exchange = exchange
-
-    def __iter__(self) -> Iterator[bytes]:
-        exchange = self._exchange
-        try:
-            if exchange.chunks is None:
-                yield from self._inner
-            else:
-                for chunk in self._inner:
-                    exchange.body_chunk(chunk)
-                    yield chunk
-        except BaseException as exc:
-            exchange.body_error(exc)
-            raise
-        exchange.body_complete()
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._exchange.body_closed()
-
-
-class _AsyncBody(httpx.AsyncByteStream):
-    __slots__ = ("_inner", "_exchange")
-
-    def __init__(self, inner: httpx.AsyncByteStream, exchange: _Exchange) -> None:
-        self._inner = inner
-        self._exchange = exchange
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        exchange = self._exchange
-        try:
-            async for chunk in self._inner:
-                if exchange.chunks is not None:
-                    exchange.body_chunk(chunk)
-                yield chunk
-        except BaseException as exc:
-            exchange.body_error(exc)
-            raise
-        exchange.body_complete()
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._exchange.body_closed()
-
-
 # -- the two shells ---------------------------------------------------------------
 
 
 def send_sync(router: _Router, request: httpx.Request, send: Callable[..., httpx.Response],
-              args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
-    """Call ``send(*args, **kwargs)``, which sends ``request``, under the breaker ``router`` picks."""
-    exchange = router.prepare(request)
+              args: tuple[Any, ...], kwargs: dict[str, Any], guard: bool) -> httpx.Response:
+    """Call ``send(*args, **kwargs)``, which sends ``request``, under the breaker ``router`` picks.
+
+    ``guard``: set ``_GUARDED`` while ``send`` runs (a hand-wired transport's inner transport may be patched).
+    """
+    exchange = router.prepare(request, _SyncExchange)
     if exchange is None:
         return send(*args, **kwargs)
-    served = exchange.admit()
+    served = exchange.admit(guard)
     if served is not None:
         return served
     try:
         response = send(*args, **kwargs)
     except BaseException as exc:
         return exchange.failed(exc)
-    return exchange.responded(response, _SyncBody)
+    return exchange.responded(response)
 
 
 def send_async(router: _Router, request: httpx.Request, send: Callable[..., Awaitable[httpx.Response]],
-               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[httpx.Response]:
+               args: tuple[Any, ...], kwargs: dict[str, Any], guard: bool) -> Awaitable[httpx.Response]:
     """The async twin of ``send_sync``: routes now, and returns what to await.
 
     An unprotected request gets ``send``'s own awaitable, untouched.
     """
-    exchange = router.prepare(request)
+    exchange = router.prepare(request, _AsyncExchange)
     if exchange is None:
         return send(*args, **kwargs)
-    return _exchange_async(exchange, send, args, kwargs)
+    return _exchange_async(exchange, send, args, kwargs, guard)
 
 
 async def _exchange_async(exchange: _Exchange, send: Callable[..., Awaitable[httpx.Response]],
-                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> httpx.Response:
-    served = exchange.admit()
+                          args: tuple[Any, ...], kwargs: dict[str, Any], guard: bool) -> httpx.Response:
+    served = exchange.admit(guard)
     if served is not None:
         return served
     try:
         response = await send(*args, **kwargs)
     except BaseException as exc:
         return exchange.failed(exc)
-    return exchange.responded(response, _AsyncBody)
+    return exchange.responded(response)
 
 
 # -- hand-wired transports --------------------------------------------------------
@@ -508,9 +561,10 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             raise ValueError(f"transport: {transport!r} is not allowed; use an httpx.BaseTransport")
         self._transport = transport
         self._router = _Router(breaker, selector, failure_statuses, fallback)
+        _hand_wired()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return send_sync(self._router, request, self._transport.handle_request, (request,), _NO_KWARGS)
+        return send_sync(self._router, request, self._transport.handle_request, (request,), _NO_KWARGS, True)
 
     def close(self) -> None:
         self._transport.close()
@@ -525,9 +579,11 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
             raise ValueError(f"transport: {transport!r} is not allowed; use an httpx.AsyncBaseTransport")
         self._transport = transport
         self._router = _Router(breaker, selector, failure_statuses, fallback)
+        _hand_wired()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await send_async(self._router, request, self._transport.handle_async_request, (request,), _NO_KWARGS)
+        return await send_async(self._router, request, self._transport.handle_async_request, (request,),
+                                _NO_KWARGS, True)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -542,9 +598,20 @@ def patched_handle_request(wrapped: Callable[..., Any], instance: Any, args: tup
                            kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``httpx.HTTPTransport.handle_request``."""
     request = args[0] if args else kwargs.get("request")
-    if _GUARDED.get() or not isinstance(request, httpx.Request):
+    if (_guards and _GUARDED.get()) or not isinstance(request, httpx.Request):
         return wrapped(*args, **kwargs)
-    return send_sync(_AUTO, request, wrapped, args, kwargs)
+    # send_sync(_AUTO, request, wrapped, args, kwargs, False), inlined: a call less on every request.
+    exchange = _AUTO.prepare(request, _SyncExchange)
+    if exchange is None:
+        return wrapped(*args, **kwargs)
+    served = exchange.admit(False)
+    if served is not None:
+        return served
+    try:
+        response = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        return exchange.failed(exc)
+    return exchange.responded(response)
 
 
 def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
@@ -555,9 +622,13 @@ def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, arg
     coroutine untouched.
     """
     request = args[0] if args else kwargs.get("request")
-    if _GUARDED.get() or not isinstance(request, httpx.Request):
+    if (_guards and _GUARDED.get()) or not isinstance(request, httpx.Request):
         return wrapped(*args, **kwargs)
-    return send_async(_AUTO, request, wrapped, args, kwargs)
+    # send_async(_AUTO, request, wrapped, args, kwargs, False), inlined: a call less on every request.
+    exchange = _AUTO.prepare(request, _AsyncExchange)
+    if exchange is None:
+        return wrapped(*args, **kwargs)
+    return _exchange_async(exchange, wrapped, args, kwargs, False)
 
 
 # Public under their documented home, as tracebacks and reprs show them.

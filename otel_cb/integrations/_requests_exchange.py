@@ -29,23 +29,23 @@ import requests
 from requests.exceptions import InvalidHeader, InvalidSchema, InvalidURL, MissingSchema, URLRequired
 from urllib3 import HTTPHeaderDict, HTTPResponse
 
-from .. import CircuitBreaker, CircuitOpenError, CircuitState, Permit
+from .. import CircuitOpenError, CircuitState, Permit
 from ..plugin import (
     Call,
+    RouteMemo,
     Verdict,
     annotate_span,
     classify_exception,
     log_once,
 )
 from ._http_policy import (
-    HTTPSettings,
     StaleCache,
     StaticResponse,
     judge_head,
     serve_http_fallback,
     stale_cache_key,
 )
-from ._http_routes import route_http
+from ._http_routes import HTTPRoute, route_http
 
 __all__ = ["RequestsCircuitOpenError", "describe", "patched_close", "patched_iter_content", "patched_send"]
 
@@ -70,6 +70,10 @@ _NOT_REPLAYED = frozenset({b"age", b"content-length", b"transfer-encoding"})
 # attribute access of requests' own code on it miss its specialised fast path (paid per request).
 _EXCHANGE = "_otel_cb_exchange"
 _PreparedRequest = requests.PreparedRequest
+# Routes by the prepared URL's text up to its path (scheme://netloc) and the method: what describe
+# reads of a request, so a repeat request skips its regex, its Call and routing.
+_ROUTES: RouteMemo[tuple[str, str | None], HTTPRoute | None] = RouteMemo()
+_MISS = RouteMemo.MISS
 
 
 class RequestsCircuitOpenError(CircuitOpenError, requests.exceptions.ConnectionError):
@@ -134,11 +138,23 @@ def _not_the_server(exc: BaseException) -> Verdict | None:
 
 def _prepare(request: requests.PreparedRequest) -> _Exchange | None:
     try:
+        url = request.url
+        if url.__class__ is str:
+            # The origin ends at the first "/" past "://" (requests gives every prepared URL a path):
+            # describe's regex reads nothing past it, so the route is a function of this prefix and
+            # the method. A URL with userinfo is described afresh each time, keeping no credentials.
+            end = url.find("/", url.find("://") + 3)
+            if end > 0 and "@" not in (origin := url[:end]):
+                key = (origin, request.method)
+                route = _ROUTES.get(key)
+                if route is _MISS:
+                    route = _ROUTES.remember(key, lambda: route_http(describe(request), "requests"))
+                return None if route is None else _Exchange(route, request, url)
         call = describe(request)
         route = route_http(call, "requests")
         if call is None or route is None:
             return None
-        return _Exchange(route.breaker, call, route.settings)
+        return _Exchange(route, request, call.url, call)
     except Exception:
         log_once(("requests", "prepare"), "otel-cb: choosing a breaker for a requests request failed; "
                  "the request goes out unprotected", exc_info=True)
@@ -146,41 +162,54 @@ def _prepare(request: requests.PreparedRequest) -> _Exchange | None:
 
 
 class _Exchange:
-    """One protected hop, from admission to the verdict on its response body."""
+    """One protected hop, from admission to the verdict on its response body.
 
-    __slots__ = ("breaker", "call", "settings", "permit", "hook_verdict", "cache_key", "chunks", "size")
+    ``hook_verdict`` is set with a healthy head, ``cache_key`` and ``size``
+    with ``chunks`` kept for the stale cache: only then are they read.
+    """
 
-    def __init__(self, breaker: CircuitBreaker, call: Call, settings: HTTPSettings) -> None:
-        self.breaker = breaker
-        self.call = call
-        self.settings = settings
-        self.permit: Permit | None = None
-        self.hook_verdict = False
-        self.cache_key: tuple[str, str, bytes] | None = None
+    __slots__ = ("route", "request", "url", "_call", "permit", "hook_verdict", "cache_key", "chunks", "size")
+
+    permit: Permit  # set by admit, before anything reads it
+
+    def __init__(self, route: HTTPRoute, request: requests.PreparedRequest, url: str,
+                 call: Call | None = None) -> None:
+        self.route = route
+        self.request = request
+        self.url = url  # without userinfo
+        self._call = call
         self.chunks: list[bytes] | None = None
-        self.size = 0
+
+    @property
+    def call(self) -> Call:
+        """The request as hooks and fallbacks see it, built when first read (most requests never need it)."""
+        call = self._call
+        if call is None:
+            call = self._call = Call("http", self.route.target, self.request.method or "", "", self.url,
+                                     self.request)
+        return call
 
     def admit(self, adapter: Any) -> requests.Response | None:
         """Take a permit and mark the current span: None when admitted; else a fallback, or raise."""
+        breaker = self.route.breaker
         try:
-            self.permit = self.breaker.acquire()
+            self.permit = breaker.acquire()
         except CircuitOpenError as error:
-            rejection = RequestsCircuitOpenError(error.name, error.state, error.retry_after,
-                                                 request=self.call.request)  # type: ignore[arg-type]
-            annotate_span(self.breaker, error.state)
+            rejection = RequestsCircuitOpenError(error.name, error.state, error.retry_after, request=self.request)
+            annotate_span(breaker, error.state)
             served = self._fallback(adapter, rejection)
             if served is None:
                 raise rejection from None
             return served
-        annotate_span(self.breaker)
+        annotate_span(breaker)
         return None
 
     def failed(self, adapter: Any, exc: BaseException) -> requests.Response:
         """Record what the adapter raised; serve a fallback or re-raise ``exc``."""
         served = None
         try:
-            verdict = classify_exception(self.call, self.breaker, exc, _not_the_server)
-            self.permit.record(verdict)  # type: ignore[union-attr]
+            verdict = classify_exception(self.call, self.route.breaker, exc, _not_the_server)
+            self.permit.record(verdict)
             if verdict == "failure":
                 served = self._fallback(adapter, exc)
         except Exception:
@@ -192,17 +221,25 @@ class _Exchange:
     def responded(self, response: requests.Response) -> requests.Response:
         """Judge the head; a healthy one waits for its body (on the response, ``_EXCHANGE``)."""
         permit = self.permit
-        assert permit is not None
+        route = self.route
+        settings = route.settings
         try:
             status = response.status_code
-            hooked = judge_head(self.call, permit, response, status, response.headers,
-                                self.settings.failure_statuses)
-            if hooked is None:
-                return response
-            self.hook_verdict = hooked
-            self.cache_key = stale_cache_key(self.settings.fallback, self.call, status, _credentials)
-            if self.cache_key is not None:
-                self.chunks = []
+            # Without a classify hook a status outside failure_statuses is healthy: judge_head would
+            # say so without looking further, and only a failing one needs its Retry-After read.
+            if route.classified or status in settings.failure_statuses:
+                hooked = judge_head(self.call if route.classified else None, permit, response, status,
+                                    response.headers, settings.failure_statuses)
+                if hooked is None:
+                    return response
+                self.hook_verdict = hooked
+            else:
+                self.hook_verdict = False
+            if settings.fallback is not None:
+                self.cache_key = stale_cache_key(settings.fallback, self.call, status, _credentials)
+                if self.cache_key is not None:
+                    self.chunks = []
+                    self.size = 0
             response._otel_cb_exchange = self  # type: ignore[attr-defined]  # _EXCHANGE
         except Exception:
             log_once(("requests", "responded"), "otel-cb: classifying a requests response failed; counted as "
@@ -227,8 +264,7 @@ class _Exchange:
             _forget(response)
             if isinstance(exc, Exception):  # cancellation and interrupts are no verdict
                 try:
-                    self.permit.record(  # type: ignore[union-attr]
-                        classify_exception(self.call, self.breaker, exc, _not_the_server))
+                    self.permit.record(classify_exception(self.call, self.route.breaker, exc, _not_the_server))
                 except Exception:
                     log_once(("requests", "body"), "otel-cb: handling a requests body error failed",
                              exc_info=True)
@@ -240,11 +276,10 @@ class _Exchange:
         """Closed before its end: no verdict."""
         _forget(response)
         self.chunks = None
-        if self.permit is not None:
-            self.permit.release()
+        self.permit.release()
 
     def _keep(self, chunk: Any) -> None:
-        cache = self.settings.fallback
+        cache = self.route.settings.fallback
         self.size += len(chunk)
         if isinstance(chunk, bytes) and isinstance(cache, StaleCache) and self.size <= cache.max_entry_bytes:
             self.chunks.append(chunk)  # type: ignore[union-attr]
@@ -252,17 +287,22 @@ class _Exchange:
             self.chunks = None
 
     def _complete(self, response: requests.Response) -> None:
-        _forget(response)
+        response._otel_cb_exchange = None  # type: ignore[attr-defined]  # _forget
         permit = self.permit
-        if permit is None or permit.done:
+        chunks = self.chunks
+        # A permit ignores any report after its first (an early close released it): only a cache
+        # entry needs to know it was this one, so ``permit.done`` (a property) is asked only then.
+        if chunks is not None and permit.done:
             return
         if self.hook_verdict:
             permit.record_success()
         else:
             permit.record_result(response)
-        cache, chunks, key = self.settings.fallback, self.chunks, self.cache_key
+        if chunks is None:
+            return
+        cache, key = self.route.settings.fallback, self.cache_key
         self.chunks = None
-        if isinstance(cache, StaleCache) and chunks is not None and key is not None:
+        if isinstance(cache, StaleCache) and key is not None:
             try:
                 headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
                            if k.lower() not in _NOT_STORED]
@@ -272,7 +312,8 @@ class _Exchange:
 
     def _fallback(self, adapter: Any, error: BaseException) -> requests.Response | None:
         """A response that serves the call instead of ``error``, counted; None when there is none."""
-        return serve_http_fallback(self.call, self.breaker, error, requests.Response, self.settings.fallback,
+        return serve_http_fallback(self.call, self.route.breaker, error, requests.Response,
+                                   self.route.settings.fallback,
                                    lambda configured, call: _configured_response(adapter, configured, call))
 
 
@@ -346,9 +387,10 @@ def patched_send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ..
 def patched_iter_content(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``requests.Response.iter_content``: a pending body is judged as it ends."""
-    exchange = _pending(instance)
+    exchange = getattr(instance, _EXCHANGE, None)  # _pending, inlined: every body read passes here
     chunks = wrapped(*args, **kwargs)  # raises at once, as unpatched, for a consumed body or a bad chunk size
-    return chunks if exchange is None else exchange.watch(instance, chunks)
+    # A Response subclass's __getattr__ may answer for any name: only our own exchange counts.
+    return exchange.watch(instance, chunks) if exchange.__class__ is _Exchange else chunks
 
 
 def patched_close(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
