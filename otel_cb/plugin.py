@@ -16,7 +16,7 @@ module of otel-cb; a test enforces it for ours):
 - describe each outgoing call as a :class:`Call`; ``select_breaker(call)``
   says which breaker protects it (None: let it through untouched);
 - ``breaker.acquire()`` admits it (or raises ``CircuitOpenError``), and
-  ``annotate_span(breaker)`` names the breaker on the client span;
+  ``annotate_span(breaker, permit.state)`` names the breaker on the client span;
 - ``classify(call, result, exception)`` asks the ``otel_cb_classify`` hooks,
   ``classify_exception(call, breaker, exc, rule)`` judges a raised exception
   in the one order all integrations share, and

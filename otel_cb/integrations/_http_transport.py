@@ -262,7 +262,7 @@ class _Exchange:
             if served is None:
                 raise http_error from None
             return served
-        annotate_span(breaker)
+        annotate_span(breaker, self.permit.state)
         if guard:
             self.token = _GUARDED.set(True)
         return None

@@ -201,7 +201,7 @@ class _Exchange:
             if served is None:
                 raise rejection from None
             return served
-        annotate_span(breaker)
+        annotate_span(breaker, self.permit.state)
         return None
 
     def failed(self, adapter: Any, exc: BaseException) -> requests.Response:
