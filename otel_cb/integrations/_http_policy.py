@@ -378,7 +378,12 @@ def judge_head(call: Call | None, permit: Permit, response: object, status: int,
         headers: Its headers (``.get("retry-after")`` is read on a failure only).
         failure_statuses: The breaker's failing statuses.
     """
-    verdict = None if call is None else classify(call, response, None)
+    if call is None:
+        if status not in failure_statuses:
+            return False  # the usual head: healthy, no hook to ask, nothing to record yet
+        verdict: Verdict | None = None
+    else:
+        verdict = classify(call, response, None)
     hooked = verdict is not None
     if verdict is None:
         verdict = status_verdict(status, failure_statuses)

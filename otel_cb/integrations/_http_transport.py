@@ -292,16 +292,11 @@ class _Exchange:
         settings = route.settings
         try:
             status = response.status_code
-            # Without a classify hook a status outside failure_statuses is healthy: judge_head would
-            # say so without looking further, and only a failing one needs its Retry-After read.
-            if route.classified or status in settings.failure_statuses:
-                hooked = judge_head(self.call if route.classified else None, permit, response, status,
-                                    response.headers, settings.failure_statuses)
-                if hooked is None:
-                    return response
-                self.hook_verdict = hooked
-            else:
-                self.hook_verdict = False
+            hooked = judge_head(self.call if route.classified else None, permit, response, status,
+                                response.headers, settings.failure_statuses)
+            if hooked is None:
+                return response
+            self.hook_verdict = hooked
             if settings.fallback is not None:
                 self.cache_key = stale_cache_key(settings.fallback, self.call, status, _raw_headers)
                 if self.cache_key is not None:
@@ -600,18 +595,7 @@ def patched_handle_request(wrapped: Callable[..., Any], instance: Any, args: tup
     request = args[0] if args else kwargs.get("request")
     if (_guards and _GUARDED.get()) or not isinstance(request, httpx.Request):
         return wrapped(*args, **kwargs)
-    # send_sync(_AUTO, request, wrapped, args, kwargs, False), inlined: a call less on every request.
-    exchange = _AUTO.prepare(request, _SyncExchange)
-    if exchange is None:
-        return wrapped(*args, **kwargs)
-    served = exchange.admit(False)
-    if served is not None:
-        return served
-    try:
-        response = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        return exchange.failed(exc)
-    return exchange.responded(response)
+    return send_sync(_AUTO, request, wrapped, args, kwargs, False)
 
 
 def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
@@ -624,11 +608,7 @@ def patched_handle_async_request(wrapped: Callable[..., Any], instance: Any, arg
     request = args[0] if args else kwargs.get("request")
     if (_guards and _GUARDED.get()) or not isinstance(request, httpx.Request):
         return wrapped(*args, **kwargs)
-    # send_async(_AUTO, request, wrapped, args, kwargs, False), inlined: a call less on every request.
-    exchange = _AUTO.prepare(request, _AsyncExchange)
-    if exchange is None:
-        return wrapped(*args, **kwargs)
-    return _exchange_async(exchange, wrapped, args, kwargs, False)
+    return send_async(_AUTO, request, wrapped, args, kwargs, False)
 
 
 # Public under their documented home, as tracebacks and reprs show them.

@@ -225,16 +225,11 @@ class _Exchange:
         settings = route.settings
         try:
             status = response.status_code
-            # Without a classify hook a status outside failure_statuses is healthy: judge_head would
-            # say so without looking further, and only a failing one needs its Retry-After read.
-            if route.classified or status in settings.failure_statuses:
-                hooked = judge_head(self.call if route.classified else None, permit, response, status,
-                                    response.headers, settings.failure_statuses)
-                if hooked is None:
-                    return response
-                self.hook_verdict = hooked
-            else:
-                self.hook_verdict = False
+            hooked = judge_head(self.call if route.classified else None, permit, response, status,
+                                response.headers, settings.failure_statuses)
+            if hooked is None:
+                return response
+            self.hook_verdict = hooked
             if settings.fallback is not None:
                 self.cache_key = stale_cache_key(settings.fallback, self.call, status, _credentials)
                 if self.cache_key is not None:

@@ -206,13 +206,15 @@ def _judge(call: Call, breaker: CircuitBreaker, rules: FailureRules | None, exc:
 
 
 async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | None,
-                     awaitable: Awaitable[Any]) -> Any:
+                     awaitable: Awaitable[Any], hooked: bool = True, judged: bool = True) -> Any:
     """Await ``awaitable`` (a database call already made, not yet run) as one call through ``breaker``.
 
     The caller makes the call first, so what the method itself does at call
     time (asyncpg's checks on a released or closed connection, argument
     binding) happens at call time as without otel-cb; a rejected call's
-    coroutine is closed unrun.
+    coroutine is closed unrun. A memoised route already knows whether an
+    ``otel_cb_classify`` hook listens (``hooked``) and whether the breaker
+    judges returned values (``judged``); a plain success then skips both.
     """
     try:
         permit = breaker.acquire()
@@ -237,11 +239,15 @@ async def _protected(call: Call, breaker: CircuitBreaker, rules: FailureRules | 
         raise
     finally:
         _INSIDE.reset(token)
-    hook_verdict = classify(call, result, None)
-    if hook_verdict is None:
+    if hooked:
+        hook_verdict = classify(call, result, None)
+        if hook_verdict is not None:
+            permit.record(hook_verdict)
+            return result
+    if judged:
         permit.record_result(result)
     else:
-        permit.record(hook_verdict)
+        permit.record_success()  # what record_result does without is_failure_result, one frame less
     return result
 
 
@@ -388,44 +394,6 @@ def _query_route(method: str, target_of: TargetOf, instance: Any, args: tuple[An
     return call, breaker, listening("otel_cb_classify"), breaker.config.is_failure_result is not None
 
 
-async def _query(route: _QueryRoute, awaitable: Awaitable[Any]) -> Any:
-    """:func:`_protected` for a memoised route: the same steps, minus what the route already answers."""
-    call, breaker, hooked, judged = route
-    try:
-        permit = breaker.acquire()
-    except CircuitOpenError as exc:
-        _discard(awaitable)
-        annotate_span(breaker, exc.state)
-        served = serve_fallback(call, breaker, exc)
-        if served is None:
-            raise
-        return served
-    annotate_span(breaker, permit.state)
-    token = _INSIDE.set(True)
-    try:
-        result = await awaitable
-    except BaseException as exc:
-        verdict = _judge(call, breaker, None, exc)
-        permit.record(verdict)
-        if verdict == "failure":
-            served = serve_fallback(call, breaker, exc)
-            if served is not None:
-                return served
-        raise
-    finally:
-        _INSIDE.reset(token)
-    if hooked:
-        hook_verdict = classify(call, result, None)
-        if hook_verdict is not None:
-            permit.record(hook_verdict)
-            return result
-    if judged:
-        permit.record_result(result)
-    else:
-        permit.record_success()  # what record_result does without is_failure_result, one frame less
-    return result
-
-
 def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
     """:func:`_protecting` for the methods of a connection (or, ``of_resource``, of a
     prepared statement or cursor, by its connection), with the route memoised.
@@ -457,7 +425,8 @@ def _protecting_queries(method: str, *, of_resource: bool) -> Wrapper:
         awaitable = wrapped(*args, **kwargs)
         if found is None:
             return awaitable
-        return _query(found, awaitable)
+        call, breaker, hooked, judged = found
+        return _protected(call, breaker, None, awaitable, hooked, judged)
 
     return wrapper
 
