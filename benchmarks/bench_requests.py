@@ -12,7 +12,9 @@ ratios (paired, so drift in the machine's load hits both alike) beside the
 best rounds, and what otel-cb's layer alone costs per request (the patched
 adapter around an inner send that answers at once, body read through the
 patched ``iter_content``, inside a recording span; CPU time of the thread,
-median of paired batches), with OpenTelemetry's share of it. Targets: at most
+median of paired batches), with OpenTelemetry's share of it: the *attributes
+only* side of ``bench_httpx``, a wrapper on ``HTTPAdapter.send`` that only sets
+the two breaker attributes, in the same rounds and batches. Targets: at most
 2% more wall time, at most 10 us for the layer. ``OTEL_CB_BENCH_BASELINE``
 adds an earlier copy of the package as one more side, as in ``bench_httpx``.
 
@@ -28,7 +30,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .bench_httpx import UNPATCHED, layer_costs, run_child, server_process, set_up, table, timed_rounds
+from .bench_httpx import (
+    FLOOR,
+    UNPATCHED,
+    annotate_only,
+    apply_patches,
+    attributes_only,
+    layer_costs,
+    layer_of,
+    run_child,
+    server_process,
+    set_up,
+    table,
+    timed_rounds,
+)
 
 __all__ = ["TITLE", "run"]
 
@@ -51,16 +66,22 @@ class _Sides:
         self.owners = [(requests.adapters.HTTPAdapter, "send"), (requests.Response, "iter_content"),
                        (requests.Response, "close")]
         self.originals = [vars(owner)[name] for owner, name in self.owners]
+        self.remove: Callable[[], None] | None = None
         RequestsInstrumentor().instrument()
 
     def enter(self, side: str) -> None:
-        """``UNPATCHED`` or a package name: that package's three patches."""
+        """``UNPATCHED``, ``FLOOR`` (its wrapper on ``HTTPAdapter.send``) or a package name: its three patches."""
         import wrapt
 
+        if self.remove is not None:
+            self.remove()
+            self.remove = None
         for (owner, name), original in zip(self.owners, self.originals, strict=True):
             setattr(owner, name, original)
-        for patch in self.patches.get(side, ()):
-            wrapt.wrap_function_wrapper(patch.module, patch.target, patch.wrapper)
+        if side == FLOOR:
+            wrapt.wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", attributes_only)
+        elif side in self.patches:
+            self.remove = apply_patches(side, "requests")
 
 
 def _child(quick: bool) -> str:
@@ -70,7 +91,7 @@ def _child(quick: bool) -> str:
     rounds, count = (4, 100) if quick else (40, 250)
     sides = _Sides(packages)
     switch: dict[str, Callable[[], None]] = {
-        side: lambda side=side: sides.enter(side) for side in (UNPATCHED, *packages)}  # type: ignore[misc]
+        side: lambda side=side: sides.enter(side) for side in (UNPATCHED, *packages, FLOOR)}  # type: ignore[misc]
     with server_process() as base_url, requests.Session() as session:
         url = f"{base_url}/item"
 
@@ -79,10 +100,10 @@ def _child(quick: bool) -> str:
                 session.get(url).raise_for_status()
 
         results = timed_rounds(switch, {"sync": batch}, rounds, count)
-        layers, share = _layer_costs(requests, sides, url, packages, 2_000 if quick else 30_000)
+        layers = _layer_costs(requests, sides, url, packages, 2_000 if quick else 30_000)
         sides.enter(UNPATCHED)
 
-    lines = table("requests", results, layers, share)
+    lines = table("requests", results, layers)
     lines.append("")
     lines.append(f"{rounds} ABBA rounds of {count} keep-alive GETs per side through one requests.Session against a "
                  "loopback server in another process. Both sides trace every request with "
@@ -92,13 +113,15 @@ def _child(quick: bool) -> str:
                  "an inner send that answers at once, with its body read through the patched iter_content, inside "
                  "a recording span (routing, admission, span attributes, classification and the verdict at the "
                  "body's end), CPU time of the thread, median of paired batches; in parentheses the part that is "
-                 "OpenTelemetry's own handling of the two span attributes. On a loaded machine the end-to-end "
-                 "figures carry noise of the order of the differences.")
+                 "OpenTelemetry's own handling of the two span attributes. *attributes only*: a wrapper on "
+                 "HTTPAdapter.send that only sets those two attributes on the client span, as otel-cb does: the "
+                 "floor any breaker that marks the span pays; the lines under the table compare otel-cb with it, "
+                 "round by round. On a loaded machine the end-to-end figures carry noise of the order of the "
+                 "differences.")
     return "\n".join(lines)
 
 
-def _layer_costs(requests: Any, sides: _Sides, url: str, packages: list[str],
-                 calls: int) -> tuple[dict[str, float], float]:
+def _layer_costs(requests: Any, sides: _Sides, url: str, packages: list[str], calls: int) -> dict[str, float]:
     """Per request: each package's patched adapter around a send that answers at once, body read."""
     from urllib3 import HTTPResponse
 
@@ -114,14 +137,19 @@ def _layer_costs(requests: Any, sides: _Sides, url: str, packages: list[str],
         answer(request).content  # noqa: B018
 
     def wrapped(package: str) -> Callable[[], None]:
-        send = sides.patches[package][0].wrapper
+        send = layer_of(package, sides.patches[package][0])
 
         def call() -> None:
             send(answer, adapter, (request,), {}).content  # noqa: B018
 
         return call
 
-    return layer_costs(bare, {package: wrapped(package) for package in packages}, sides.enter, calls)
+    def floor() -> None:
+        annotate_only()
+        bare()
+
+    return layer_costs(bare, {**{package: wrapped(package) for package in packages}, FLOOR: floor}, sides.enter,
+                       calls)
 
 
 def main(argv: list[str]) -> int:

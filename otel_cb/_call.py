@@ -7,6 +7,7 @@ names from :mod:`otel_cb.plugin`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -111,17 +112,49 @@ class Patch:
     Attributes:
         module: The module to patch, e.g. ``"httpx"``.
         target: Dotted path inside the module, e.g. ``"HTTPTransport.handle_request"``.
-        wrapper: A wrapt wrapper, ``wrapper(wrapped, instance, args, kwargs)``.
-            It must call ``wrapped(*args, **kwargs)`` for every call it does
-            not protect, so an unprotected call behaves exactly as without it.
+        wrapper: A wrapt wrapper, ``wrapper(wrapped, instance, args, kwargs)``,
+            or where to find one, ``"package.module:function"``: imported at
+            the first patched call, so a plugin whose wrapper's module imports
+            the client library costs a service without it nothing (a wrapper
+            that cannot be imported is logged once, and calls go through
+            unprotected). It must call ``wrapped(*args, **kwargs)`` for every
+            call it does not protect, so an unprotected call behaves exactly
+            as without it.
         integration: The integration or plugin name that ``--disable`` and
             ``OTEL_CB_DISABLED`` use, e.g. ``"httpx"``.
+
+    Raises:
+        ValueError: ``wrapper`` is neither callable nor a ``"module:function"`` name.
     """
 
     module: str
     target: str
-    wrapper: Wrapper
+    wrapper: Wrapper | str
     integration: str
+
+    def __post_init__(self) -> None:
+        wrapper = self.wrapper
+        if not callable(wrapper) and not (isinstance(wrapper, str) and _is_reference(wrapper)):
+            raise ValueError(f"wrapper: {str(wrapper)[:60]!r} is not allowed; use a wrapt wrapper or its "
+                             "'package.module:function' name")
+
+    def load_wrapper(self) -> Wrapper:
+        """The wrapper; a named one is imported now.
+
+        Raises:
+            ImportError, AttributeError: the named module or function does not exist.
+        """
+        wrapper = self.wrapper
+        if callable(wrapper):
+            return wrapper
+        module, _, name = wrapper.partition(":")
+        loaded: Wrapper = getattr(importlib.import_module(module), name)
+        return loaded
+
+
+def _is_reference(name: str) -> bool:
+    module, colon, attribute = name.partition(":")
+    return bool(colon) and all(part.isidentifier() for part in (*module.split("."), attribute))
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,18 +55,37 @@ class _Switch:
 
     __slots__ = ("on", "wrapper", "layer")
 
-    def __init__(self, wrapper: Callable[..., Any]) -> None:
+    def __init__(self, patch: Patch) -> None:
         self.on = True
-        self.wrapper = wrapper
+        self.wrapper = patch.wrapper  # as the plugin gave it: a function or its name
+        # A named wrapper is imported on the first call here, not through a trampoline of its own:
+        # that would be one more Python frame on every patched call.
+        loaded: Callable[..., Any] | None = patch.wrapper if callable(patch.wrapper) else None
 
         def layer(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
+            nonlocal loaded
             if self.on:
-                return wrapper(wrapped, instance, args, kwargs)
+                if loaded is None:
+                    loaded = self._load(patch)
+                    if loaded is None:
+                        return wrapped(*args, **kwargs)
+                return loaded(wrapped, instance, args, kwargs)
             return wrapped(*args, **kwargs)
 
         layer.switch = self  # type: ignore[attr-defined]
         self.layer = layer
+
+    def _load(self, patch: Patch) -> Callable[..., Any] | None:
+        try:
+            return patch.load_wrapper()
+        except Exception as exc:
+            if self.on:  # said once: the switch stays off after
+                self.on = False
+                logger.warning("otel-cb: integration %r cannot load its wrapper %r for %s.%s (%s: %s); calls "
+                               "through it are not protected", patch.integration, patch.wrapper, patch.module,
+                               patch.target, type(exc).__name__, exc)
+            return None
 
 
 def switch_of(node: Any) -> _Switch | None:
@@ -116,7 +135,7 @@ def _apply_one(patch: Patch, module: ModuleType) -> None:
     if patch in _applied or patch in _failed:
         return
     try:
-        handle = _wrap_innermost(module, patch.target, _Switch(patch.wrapper))
+        handle = _wrap_innermost(module, patch.target, _Switch(patch))
     except Exception as exc:
         _failed.add(patch)
         logger.warning("otel-cb: integration %r cannot patch %s.%s (%s: %s); calls through it are not protected",
@@ -148,7 +167,7 @@ def _wrap_innermost(module: ModuleType, target: str, switch: _Switch) -> Any:
         if not issubclass(type(node), wrapt.BaseObjectProxy) or _is_bound_copy(node):
             break
         ours = switch_of(node)
-        if ours is not None and ours.wrapper is switch.wrapper:
+        if ours is not None and ours.wrapper == switch.wrapper:
             return node
         layer, node = node, node.__wrapped__
     if layer is None:

@@ -483,7 +483,7 @@ def patches() -> Iterator[None]:
     saved = [vars(owner)[name] for owner, name in originals]
     for patch in integration.otel_cb_patches():
         assert patch.module == "httpx" and patch.integration == "httpx"
-        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.wrapper)
+        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.load_wrapper())
     try:
         yield
     finally:

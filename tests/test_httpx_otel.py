@@ -54,7 +54,7 @@ BY_HAND = textwrap.dedent("""
 
     otel_cb.telemetry.enable()
     for patch in integration.otel_cb_patches():
-        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.wrapper)
+        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.load_wrapper())
     HTTPXClientInstrumentor().instrument()
 
     class Route:

@@ -181,6 +181,42 @@ def test_a_bad_patch_is_logged_and_the_import_still_works(fake_module: str, capl
     assert "integration 'fake' cannot patch" in caplog.text and "Client.nothing_here" in caplog.text
 
 
+def test_a_named_wrapper_is_imported_at_the_first_patched_call(fake_module: str, tmp_path: Path) -> None:
+    # The wrapper's module stands for one that imports the client library: instrumenting must not load it.
+    wrappers = f"{fake_module}_wrappers"
+    (tmp_path / f"{wrappers}.py").write_text(
+        "def tag(wrapped, instance, args, kwargs):\n"
+        "    return ('named', wrapped(*args, **kwargs))\n")
+    otel_cb.instrument({}, plugins=[Patches(Patch(fake_module, "connect", f"{wrappers}:tag", "fake"))])
+    module = importlib.import_module(fake_module)
+    assert wrappers not in sys.modules
+    try:
+        assert module.connect(6) == ("named", ("connected", 6))
+        assert wrappers in sys.modules
+        assert module.connect(7) == ("named", ("connected", 7))
+    finally:
+        sys.modules.pop(wrappers, None)
+
+
+def test_a_named_wrapper_that_cannot_be_imported_is_logged_once_and_calls_go_through(
+        fake_module: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="otel_cb")
+    otel_cb.instrument({}, plugins=[Patches(Patch(fake_module, "connect", "cbfake_no_such_module:tag", "fake"))])
+    module = importlib.import_module(fake_module)
+    assert [module.connect(n) for n in (1, 2)] == [("connected", 1), ("connected", 2)]  # as without us
+    warnings = [r for r in caplog.records if "cannot load its wrapper" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'cbfake_no_such_module:tag'" in warnings[0].getMessage()
+    assert "connect" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("wrapper", ["no_colon", "a.b:", ":name", "a b:c", 42, None])
+def test_a_patch_with_a_wrapper_that_is_neither_callable_nor_named_is_refused(wrapper: object) -> None:
+    with pytest.raises(ValueError, match=r"^wrapper: .* is not allowed; use a wrapt wrapper or its "
+                                         r"'package.module:function' name$"):
+        Patch("m", "f", wrapper, "fake")  # type: ignore[arg-type]
+
+
 def test_non_patches_from_a_plugin_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
     otel_cb.instrument({}, plugins=[Patches("not a patch")])  # type: ignore[arg-type]
     assert "not a Patch; skipped" in caplog.text

@@ -49,7 +49,7 @@ def patches() -> Iterator[None]:
     saved = [vars(owner)[name] for owner, name in ORIGINALS]
     for patch in integration.otel_cb_patches():
         assert patch.integration == "requests"
-        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.wrapper)
+        wrapt.wrap_function_wrapper(patch.module, patch.target, patch.load_wrapper())
     try:
         yield
     finally:

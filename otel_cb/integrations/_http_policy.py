@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..plugin import (
     Call,
     Verdict,
-    Wrapper,
     classify,
     log_once,
     parse_duration,
@@ -440,8 +439,10 @@ class Machinery:
 
     The plugin modules are loaded at every start-up whether or not the
     application uses their client, and importing the client costs tens of
-    milliseconds: they name their patches' wrappers and public classes here,
-    and the module (which imports the client) loads when one is first used.
+    milliseconds: they name their public classes here, and the module (which
+    imports the client) loads when one is first used. Their patches name
+    their wrappers (``Patch(..., "module:function", ...)``), which the engine
+    imports on the first patched call.
 
     Args:
         module: The absolute name of the module, e.g. ``"otel_cb.integrations._http_transport"``.
@@ -457,19 +458,6 @@ class Machinery:
         if self._module is None:
             self._module = importlib.import_module(self._name)
         return self._module
-
-    def wrapper(self, name: str) -> Wrapper:
-        """A wrapt wrapper that runs the module's ``name``, resolved once, on the first call."""
-        resolved: Wrapper | None = None
-
-        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            nonlocal resolved
-            if resolved is None:  # every patched request passes here: one cell read after the first
-                resolved = getattr(self.load(), name)
-            return resolved(wrapped, instance, args, kwargs)
-
-        wrapper.__name__ = wrapper.__qualname__ = name
-        return wrapper
 
     def attribute(self, owner: str, names: frozenset[str], name: str) -> Any:
         """The ``__getattr__`` of plugin module ``owner``: one of ``names`` from the module, loaded now."""

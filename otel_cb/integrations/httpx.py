@@ -133,7 +133,8 @@ __all__ = [
 
 # Importing httpx costs about 90 ms: the transports load it when first used.
 # Named relatively, so a renamed copy of the package (the benchmarks' baseline) loads its own half.
-_MACHINERY = Machinery(f"{__package__}._http_transport")
+_MODULE = f"{__package__}._http_transport"
+_MACHINERY = Machinery(_MODULE)
 _LAZY = frozenset({"AsyncCircuitBreakerTransport", "CircuitBreakerTransport", "HTTPCircuitOpenError", "Selector"})
 
 
@@ -141,8 +142,6 @@ def __getattr__(name: str) -> Any:
     return _MACHINERY.attribute(__name__, _LAZY, name)
 
 
-_handle_request = _MACHINERY.wrapper("patched_handle_request")
-_handle_async_request = _MACHINERY.wrapper("patched_handle_async_request")  # returns the coroutine to await
 
 
 @hookimpl
@@ -155,6 +154,8 @@ def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
 def otel_cb_patches() -> list[Patch]:
     """Patch httpx's sync and async transports (applied when httpx is imported)."""
     return [
-        Patch("httpx", "HTTPTransport.handle_request", _handle_request, "httpx"),
-        Patch("httpx", "AsyncHTTPTransport.handle_async_request", _handle_async_request, "httpx"),
+        Patch("httpx", "HTTPTransport.handle_request", f"{_MODULE}:patched_handle_request", "httpx"),
+        # It returns the coroutine to await.
+        Patch("httpx", "AsyncHTTPTransport.handle_async_request", f"{_MODULE}:patched_handle_async_request",
+              "httpx"),
     ]

@@ -115,7 +115,8 @@ __all__ = ["RequestsCircuitOpenError", "otel_cb_config_keys", "otel_cb_patches",
 
 # The plugin is loaded at every start-up whether or not the application uses requests.
 # Named relatively, so a renamed copy of the package (the benchmarks' baseline) loads its own half.
-_MACHINERY = Machinery(f"{__package__}._requests_exchange")
+_MODULE = f"{__package__}._requests_exchange"
+_MACHINERY = Machinery(_MODULE)
 
 
 def __getattr__(name: str) -> Any:
@@ -124,9 +125,9 @@ def __getattr__(name: str) -> Any:
 
 # Built once: a patch is the same patch at every instrument(), so it is applied once.
 _PATCHES = [
-    Patch("requests.adapters", "HTTPAdapter.send", _MACHINERY.wrapper("patched_send"), "requests"),
-    Patch("requests.models", "Response.iter_content", _MACHINERY.wrapper("patched_iter_content"), "requests"),
-    Patch("requests.models", "Response.close", _MACHINERY.wrapper("patched_close"), "requests"),
+    Patch("requests.adapters", "HTTPAdapter.send", f"{_MODULE}:patched_send", "requests"),
+    Patch("requests.models", "Response.iter_content", f"{_MODULE}:patched_iter_content", "requests"),
+    Patch("requests.models", "Response.close", f"{_MODULE}:patched_close", "requests"),
 ]
 
 
