@@ -32,10 +32,10 @@ from typing import Any
 
 from .bench_httpx import (
     FLOOR,
+    STAND_INS,
     UNPATCHED,
     annotate_only,
     apply_patches,
-    attributes_only,
     layer_costs,
     layer_of,
     run_child,
@@ -78,8 +78,8 @@ class _Sides:
             self.remove = None
         for (owner, name), original in zip(self.owners, self.originals, strict=True):
             setattr(owner, name, original)
-        if side == FLOOR:
-            wrapt.wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", attributes_only)
+        if side in STAND_INS:
+            wrapt.wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", STAND_INS[side])
         elif side in self.patches:
             self.remove = apply_patches(side, "requests")
 
@@ -88,7 +88,7 @@ def _child(quick: bool) -> str:
     packages = set_up()
     import requests
 
-    rounds, count = (4, 100) if quick else (40, 250)
+    rounds, count = (4, 100) if quick else (200, 50)
     sides = _Sides(packages)
     switch: dict[str, Callable[[], None]] = {
         side: lambda side=side: sides.enter(side) for side in (UNPATCHED, *packages, FLOOR)}  # type: ignore[misc]
