@@ -2,7 +2,8 @@
 
 The wall-time ratios of ``bench_httpx``, ``bench_requests`` and
 ``bench_asyncpg`` move by a few percent between runs on a shared machine,
-as much as the differences they measure; instruction counts do not. Each
+as much as the differences they measure; instruction counts move by a few
+thousand per request (two runs of this section agreed within about 5,000). Each
 figure here is one side's real requests, set up as those sections set them
 up (the same loopback HTTP server in its own process, or the benchmark
 PostgreSQL; OpenTelemetry's client instrumentation with an SDK tracer

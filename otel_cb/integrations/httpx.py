@@ -142,8 +142,6 @@ def __getattr__(name: str) -> Any:
     return _MACHINERY.attribute(__name__, _LAZY, name)
 
 
-
-
 @hookimpl
 def otel_cb_config_keys() -> Mapping[str, SectionValidator]:
     """The breaker-section keys of the httpx integration, checked without importing httpx."""
@@ -155,7 +153,7 @@ def otel_cb_patches() -> list[Patch]:
     """Patch httpx's sync and async transports (applied when httpx is imported)."""
     return [
         Patch("httpx", "HTTPTransport.handle_request", f"{_MODULE}:patched_handle_request", "httpx"),
-        # It returns the coroutine to await.
+        # A plain function: an unprotected call gets httpx's own coroutine, untouched.
         Patch("httpx", "AsyncHTTPTransport.handle_async_request", f"{_MODULE}:patched_handle_async_request",
               "httpx"),
     ]
