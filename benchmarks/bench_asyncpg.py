@@ -44,7 +44,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-from .bench_httpx import attributes_only
+from .bench_httpx import FLOOR, attributes_only
 
 __all__ = ["TITLE", "run"]
 
@@ -57,7 +57,6 @@ BASELINE_ENV = "OTEL_CB_BENCH_BASELINE"
 BREAKER = "bench_asyncpg_db"
 UNPROTECTED = "unprotected"
 NEW = "otel-cb"
-FLOOR = "attributes only"  # a wrapper in otel-cb's place that only sets the two span attributes
 
 
 async def _time_calls(conn: Any, calls: int) -> float:

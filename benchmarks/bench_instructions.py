@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .bench_httpx import FLOOR, ROOT, STAND_INS, UNPATCHED, WRAPT_ONLY, server_process, set_up
@@ -134,8 +135,7 @@ def _requests(side: str, count: int, url: str) -> None:
         _requests_of(lambda: session.get(url).raise_for_status(), count)
 
 
-def _requests_of(request: object, count: int) -> None:
-    assert callable(request)
+def _requests_of(request: Callable[[], object], count: int) -> None:
     for _ in range(WARM_UP):
         request()
     gc.disable()

@@ -34,7 +34,6 @@ from .bench_httpx import (
     FLOOR,
     STAND_INS,
     UNPATCHED,
-    annotate_only,
     apply_patches,
     layer_costs,
     layer_of,
@@ -144,12 +143,7 @@ def _layer_costs(requests: Any, sides: _Sides, url: str, packages: list[str], ca
 
         return call
 
-    def floor() -> None:
-        annotate_only()
-        bare()
-
-    return layer_costs(bare, {**{package: wrapped(package) for package in packages}, FLOOR: floor}, sides.enter,
-                       calls)
+    return layer_costs(bare, {package: wrapped(package) for package in packages}, sides.enter, calls)
 
 
 def main(argv: list[str]) -> int:

@@ -217,6 +217,12 @@ def test_a_patch_with_a_wrapper_that_is_neither_callable_nor_named_is_refused(wr
         Patch("m", "f", wrapper, "fake")  # type: ignore[arg-type]
 
 
+def test_a_huge_wrapper_name_is_refused_with_a_short_message() -> None:
+    with pytest.raises(ValueError) as refused:
+        Patch("m", "f", "x" * 100_000, "fake")
+    assert len(str(refused.value)) < 200 and str(refused.value).startswith("wrapper: 'xxx")
+
+
 def test_non_patches_from_a_plugin_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
     otel_cb.instrument({}, plugins=[Patches("not a patch")])  # type: ignore[arg-type]
     assert "not a Patch; skipped" in caplog.text
